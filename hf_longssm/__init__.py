@@ -1,0 +1,17 @@
+"""hf_longssm: make Hugging Face Mamba, Mamba-2 and FalconMamba models work far beyond their training context."""
+
+from .modeling import SUPPORTED_ARCHITECTURES, forward_with_state, get_architecture, prepare_model, unwrap_model
+from .state import CarriedState, FittedNoiseStats
+
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "CarriedState",
+    "FittedNoiseStats",
+    "forward_with_state",
+    "get_architecture",
+    "prepare_model",
+    "unwrap_model",
+]

@@ -1,0 +1,264 @@
+"""Mamba-1 and FalconMamba: the selective scan started from a carried SSM state.
+
+Three implementations of one function, all returning the output and the final state:
+
+* `selective_scan_ref`: a step-by-step loop, the reference every other path is tested against;
+* `selective_scan_chunked`: plain PyTorch, exact, parallel inside chunks of `chunk_size` steps (the matrix form of
+  the recurrence with cumulative log-decays) and sequential across chunks, so memory grows with the chunk, not with
+  the segment. This is the CPU path and the GPU path without mamba-ssm;
+* `selective_scan_from_zero_with_correction`: mamba-ssm's zero-start `selective_scan_fn` plus the exact correction for
+  the initial state. The scan is linear in its initial state h0:
+  y_t += C_t . (prod_{s<=t} exp(dt_s A)) h0 and h_T += (prod_{s<=T} exp(dt_s A)) h0.
+
+Shape legend: b = batch, d = intermediate channels, l = sequence, n = SSM state size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.integrations.accelerate import force_accelerate_hooks
+from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMixer
+from transformers.models.mamba.modeling_mamba import MambaMixer
+
+from .conv import causal_conv1d_with_state
+from .kernels import mamba_ssm_ops, report_path
+
+
+# Chunk of the parallel torch scan: the work inside a chunk is (b, d, T, T, n), so a small T keeps memory and
+# wasted (masked) work low while still replacing T Python steps by a few tensor ops.
+DEFAULT_SCAN_CHUNK = 16
+
+
+def _discretize(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
+    dt = delta.float()
+    if delta_bias is not None:
+        dt = dt + delta_bias.float()[None, :, None]
+    return F.softplus(dt) if delta_softplus else dt
+
+
+def _finish(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
+    if D is not None:
+        y = y + u.float() * D.float()[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step-by-step selective scan from `initial_state` (the reference).
+
+    Args use mamba-ssm's layout: u, delta, z `(b, d, l)`; A `(d, n)`; B, C `(b, n, l)`; D, delta_bias `(d,)`;
+    initial_state `(b, d, n)`. Returns `(y (b, d, l) float32, final_state (b, d, n) float32)`.
+    """
+    batch, dim, seq_len = u.shape
+    dt = _discretize(delta, delta_bias, delta_softplus)
+    dA = torch.exp(dt[..., None] * A.float()[None, :, None, :])  # (b, d, l, n)
+    dBu = dt[..., None] * B.float().transpose(1, 2)[:, None] * u.float()[..., None]  # (b, d, l, n)
+    h = u.new_zeros(batch, dim, A.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
+    ys = []
+    for t in range(seq_len):
+        h = dA[:, :, t] * h + dBu[:, :, t]
+        ys.append((h * C.float()[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0, dtype=torch.float32)
+    return _finish(y, u, D, z), h
+
+
+def _segsum_exp(log_decay: torch.Tensor) -> torch.Tensor:
+    """exp(sum_{s < r <= t} log_decay_r) for s <= t and 0 above the diagonal: (..., T, n) -> (..., T, T, n)."""
+    cum = torch.cumsum(log_decay, dim=-2)
+    seg = cum[..., :, None, :] - cum[..., None, :, :]  # (..., t, s, n)
+    steps = log_decay.shape[-2]
+    causal = torch.ones(steps, steps, dtype=torch.bool, device=log_decay.device).tril()
+    return torch.exp(seg.masked_fill(~causal[:, :, None], float("-inf")))
+
+
+def _scan_chunk(
+    dt: torch.Tensor, dBu: torch.Tensor, A: torch.Tensor, C: torch.Tensor, h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk: dt (b, d, T), dBu (b, d, T, n), C (b, T, n), h (b, d, n) -> y (b, d, T), final h (b, d, n)."""
+    log_decay = dt[..., None] * A[None, :, None, :]  # (b, d, T, n)
+    decay_from_start = torch.exp(torch.cumsum(log_decay, dim=2))  # (b, d, T, n): prod_{r<=t} exp(dt_r A)
+    # h_t = decay(0..t) h0 + sum_{s<=t} decay(s+1..t) dBu_s, all t at once.
+    states = decay_from_start * h[:, :, None, :] + torch.einsum("bdtsn,bdsn->bdtn", _segsum_exp(log_decay), dBu)
+    y = torch.einsum("bdtn,btn->bdt", states, C)
+    return y, states[:, :, -1]
+
+
+def selective_scan_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_SCAN_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact selective scan from `initial_state`, parallel inside chunks of `chunk_size` steps.
+
+    Same arguments and returns as `selective_scan_ref`. Decays are only ever multiplied over spans inside one chunk
+    (`exp` of a sum of non-positive terms), so nothing overflows whatever `dt` and `A` are.
+    """
+    batch, dim, seq_len = u.shape
+    A = A.float()
+    dt = _discretize(delta, delta_bias, delta_softplus)
+    Bt, Ct = B.float().transpose(1, 2), C.float().transpose(1, 2)  # (b, l, n)
+    h = u.new_zeros(batch, dim, A.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
+    ys = []
+    for start in range(0, seq_len, chunk_size):
+        chunk = slice(start, start + chunk_size)
+        dBu = dt[:, :, chunk, None] * Bt[:, None, chunk] * u[:, :, chunk, None].float()
+        y, h = _scan_chunk(dt[:, :, chunk], dBu, A, Ct[:, chunk], h)
+        ys.append(y)
+    y = torch.cat(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0, dtype=torch.float32)
+    return _finish(y, u, D, z), h
+
+
+def initial_state_correction(
+    dt: torch.Tensor, A: torch.Tensor, C: torch.Tensor, initial_state: torch.Tensor, chunk_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a nonzero initial state h0 adds to a zero-start scan.
+
+    Args:
+        dt (`(b, d, l)`): the discretized step (after bias and softplus). A `(d, n)`; C `(b, n, l)`; h0 `(b, d, n)`.
+
+    Returns:
+        `(y_correction (b, d, l), carried (b, d, n))`: `C_t . (decay(0..t) h0)` before the D skip and the gate, and
+        `decay(0..l) h0`, the part of the final state that h0 contributes. Computed chunk by chunk so that the
+        `(b, d, chunk, n)` decay tensor, not `(b, d, l, n)`, bounds the memory.
+    """
+    A = A.float()
+    carried = initial_state.float()
+    outs = []
+    for start in range(0, dt.shape[-1], chunk_size):
+        chunk = slice(start, start + chunk_size)
+        decay = torch.exp(torch.cumsum(dt[:, :, chunk, None] * A[None, :, None, :], dim=2))  # (b, d, T, n)
+        outs.append(torch.einsum("bdtn,bdn,bnt->bdt", decay, carried, C[:, :, chunk].float()))
+        carried = decay[:, :, -1] * carried
+    y = torch.cat(outs, dim=-1) if outs else dt.new_zeros(dt.shape)
+    return y, carried
+
+
+def selective_scan_from_zero_with_correction(
+    scan_fn,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero-start scan (`scan_fn`, mamba-ssm's `selective_scan_fn` signature) made to start from `initial_state`.
+
+    The correction is added before the gate: y = (scan_0 + D u + corr) * silu(z), so the zero-start scan is run with
+    `z=None` and the gate is applied here.
+    """
+    y0, last0 = scan_fn(u, delta, A, B, C, D, None, delta_bias, delta_softplus, True)
+    y = y0.float()
+    final_state = last0.float()
+    if initial_state is not None:
+        dt = _discretize(delta, delta_bias, delta_softplus)
+        correction, carried = initial_state_correction(dt, A, C, initial_state)
+        y = y + correction
+        final_state = final_state + carried
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y, final_state
+
+
+def _torch_zero_start_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    """`selective_scan_fn`-compatible torch scan from zero (used to test the correction on CPU)."""
+    y, h = selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (y, h) if return_last_state else y
+
+
+def selective_scan_with_state(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch: mamba-ssm's CUDA scan plus the correction on CUDA when available, the chunked torch scan otherwise."""
+    ops = mamba_ssm_ops(u)
+    if ops is not None:
+        report_path("Mamba-1 selective scan", "mamba-ssm selective_scan_fn + initial-state correction")
+        return selective_scan_from_zero_with_correction(
+            ops.selective_scan_fn, u.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D, z,
+            delta_bias, True, initial_state,
+        )  # fmt: skip
+    report_path("Mamba-1 selective scan", "chunked torch")
+    return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, True, initial_state)
+
+
+def mamba_mixer_forward_with_state(
+    mixer: MambaMixer, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`MambaMixer` / `FalconMambaMixer` forward over a segment, from and to a carried state.
+
+    Returns `(contextualized_states (b, l, hidden), conv_state (b, d, K), ssm_state (b, d, n))`.
+    """
+    dtype = hidden_states.dtype
+    # 1. Gated MLP's linear projection
+    projected_states = mixer.in_proj(hidden_states).transpose(1, 2)
+    hidden_states_in, gate = projected_states.chunk(2, dim=1)
+
+    # 2. Convolution over [carried window, segment]
+    hidden_states_in, conv_state = causal_conv1d_with_state(
+        hidden_states_in, conv_state, mixer.conv1d.weight, mixer.conv1d.bias, activation=mixer.activation
+    )
+
+    # 3. Input-dependent dt, B, C (FalconMamba adds weightless RMS norms on them)
+    time_step, B, C = torch.split(
+        mixer.x_proj(hidden_states_in.transpose(1, 2)),
+        [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
+        dim=-1,
+    )
+    if isinstance(mixer, FalconMambaMixer):
+        time_step, B, C = mixer.dt_layernorm(time_step), mixer.b_layernorm(B), mixer.c_layernorm(C)
+    time_step = mixer.dt_proj.weight @ time_step.transpose(1, 2)  # (b, d, l), bias added in the scan
+    A = -torch.exp(mixer.A_log.float())
+
+    # 4. Selective scan from the carried SSM state
+    scan_output, ssm_state = selective_scan_with_state(
+        hidden_states_in, time_step, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D.float(), gate,
+        mixer.dt_proj.bias.float(), ssm_state,
+    )  # fmt: skip
+
+    # 5. Final linear projection
+    contextualized_states = mixer.out_proj(scan_output.transpose(1, 2).to(dtype))
+    return contextualized_states, conv_state, ssm_state
+
+
+class _StatefulMixinForward:
+    """Forward that serves a `SegmentStates` passed as `cache_params` and defers to transformers otherwise."""
+
+    def forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+        from ..state import SegmentStates
+
+        if isinstance(cache_params, SegmentStates):
+            return cache_params.run_layer(self, hidden_states)
+        return super().forward(hidden_states, cache_params=cache_params, attention_mask=attention_mask, **kwargs)
+
+
+class StatefulMambaMixer(_StatefulMixinForward, MambaMixer):
+    forward = force_accelerate_hooks(["conv1d", "dt_proj"])(_StatefulMixinForward.forward)
+    segment_forward = mamba_mixer_forward_with_state
+
+
+class StatefulFalconMambaMixer(_StatefulMixinForward, FalconMambaMixer):
+    forward = force_accelerate_hooks(["conv1d", "dt_proj"])(_StatefulMixinForward.forward)
+    segment_forward = mamba_mixer_forward_with_state
