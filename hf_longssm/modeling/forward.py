@@ -98,8 +98,10 @@ def forward_with_state(
             "(state.detach(), as TBTT and state passing do) or set `gradient_checkpointing=False`."
         )
 
-    if labels is None and kwargs.get("shift_labels") is not None:
-        labels = kwargs["shift_labels"]  # the model computes a loss only when `labels` is set
+    if kwargs.get("shift_labels") is not None:
+        kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()  # transformers' loss calls .view(-1)
+        if labels is None:
+            labels = kwargs["shift_labels"]  # the model computes a loss only when `labels` is set
     if labels is not None:
         kwargs["labels"] = labels
 

@@ -7,6 +7,7 @@ when the kernels import *and* the tensors live on a CUDA device. Which path runs
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -59,6 +60,24 @@ def mamba_ssm_ops(tensor: torch.Tensor) -> SimpleNamespace | None:
 def causal_conv1d_ops(tensor: torch.Tensor) -> SimpleNamespace | None:
     """The causal-conv1d functions to use for `tensor`, or `None` for the torch conv."""
     return _import_causal_conv1d() if _kernels_allowed(tensor) else None
+
+
+_reference_mode = False
+
+
+@contextlib.contextmanager
+def reference_scans():
+    """Run every scan through its step-by-step reference (tests and debugging): slow, but obviously right."""
+    global _reference_mode
+    previous, _reference_mode = _reference_mode, True
+    try:
+        yield
+    finally:
+        _reference_mode = previous
+
+
+def use_reference() -> bool:
+    return _reference_mode
 
 
 _reported: set[str] = set()

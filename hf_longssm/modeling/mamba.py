@@ -22,7 +22,7 @@ from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMi
 from transformers.models.mamba.modeling_mamba import MambaMixer
 
 from .conv import causal_conv1d_with_state
-from .kernels import mamba_ssm_ops, report_path
+from .kernels import mamba_ssm_ops, report_path, use_reference
 
 
 # Chunk of the parallel torch scan: the work inside a chunk is (b, d, T, T, n), so a small T keeps memory and
@@ -76,10 +76,15 @@ def selective_scan_ref(
 
 
 def _segsum_exp(log_decay: torch.Tensor) -> torch.Tensor:
-    """exp(sum_{s < r <= t} log_decay_r) for s <= t and 0 above the diagonal: (..., T, n) -> (..., T, T, n)."""
-    cum = torch.cumsum(log_decay, dim=-2)
-    seg = cum[..., :, None, :] - cum[..., None, :, :]  # (..., t, s, n)
+    """exp(sum_{s < r <= t} log_decay_r) for s <= t and 0 above the diagonal: (..., T, n) -> (..., T, T, n).
+
+    The sums are accumulated per (t, s) pair, not as differences of one cumulative sum, which would cancel
+    catastrophically in float32 once the cumulative decay is large.
+    """
     steps = log_decay.shape[-2]
+    strict = torch.ones(steps, steps, dtype=torch.bool, device=log_decay.device).tril(-1)  # r > s
+    terms = log_decay[..., :, None, :].expand(*log_decay.shape[:-2], steps, steps, log_decay.shape[-1])
+    seg = torch.cumsum(terms.masked_fill(~strict[:, :, None], 0), dim=-3)  # (..., t, s, n)
     causal = torch.ones(steps, steps, dtype=torch.bool, device=log_decay.device).tril()
     return torch.exp(seg.masked_fill(~causal[:, :, None], float("-inf")))
 
@@ -193,6 +198,8 @@ def _torch_zero_start_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
 
 def selective_scan_with_state(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch: mamba-ssm's CUDA scan plus the correction on CUDA when available, the chunked torch scan otherwise."""
+    if use_reference():
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, True, initial_state)
     ops = mamba_ssm_ops(u)
     if ops is not None:
         report_path("Mamba-1 selective scan", "mamba-ssm selective_scan_fn + initial-state correction")

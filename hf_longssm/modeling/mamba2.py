@@ -17,7 +17,7 @@ from transformers.integrations.accelerate import force_accelerate_hooks
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
 from .conv import causal_conv1d_with_state
-from .kernels import mamba_ssm_ops, report_path
+from .kernels import mamba_ssm_ops, report_path, use_reference
 
 
 def _discretize_dt(dt, dt_bias, dt_limit):
@@ -149,7 +149,10 @@ def mamba2_mixer_forward_with_state(
 
     # 3. SSM from the carried `initial_states`
     ops = mamba_ssm_ops(x)
-    if ops is not None:
+    if use_reference():
+        dt = _discretize_dt(dt, mixer.dt_bias, mixer.time_step_limit)
+        y, ssm_state = ssd_scan_ref(x, dt, A, B, C, D=mixer.D, initial_states=ssm_state)
+    elif ops is not None:
         report_path("Mamba-2 chunk scan", "mamba-ssm mamba_chunk_scan_combined")
         y, ssm_state = ops.mamba_chunk_scan_combined(
             x, dt, A, B, C, chunk_size=mixer.chunk_size, D=mixer.D, z=None, dt_bias=mixer.dt_bias,

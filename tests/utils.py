@@ -1,0 +1,50 @@
+"""Tiny random models built in the tests (no Hub)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    FalconMambaConfig,
+    FalconMambaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+)
+
+
+MODEL_TYPES = ["mamba", "falcon_mamba", "mamba2"]
+
+
+def tiny_config(model_type: str, vocab_size: int = 64, num_hidden_layers: int = 2, **overrides):
+    common = dict(vocab_size=vocab_size, num_hidden_layers=num_hidden_layers, conv_kernel=4, pad_token_id=0,
+                  bos_token_id=0, eos_token_id=0)  # fmt: skip
+    if model_type == "mamba2":
+        # n_groups > 1 and a chunk_size that test lengths are not multiples of.
+        cfg = dict(hidden_size=32, state_size=8, num_heads=8, head_dim=8, n_groups=2, chunk_size=16, expand=2)
+        cfg.update(common, **overrides)
+        return Mamba2Config(**cfg)
+    cfg = dict(hidden_size=16, state_size=8, intermediate_size=32, time_step_rank=4)
+    cfg.update(common, **overrides)
+    return (MambaConfig if model_type == "mamba" else FalconMambaConfig)(**cfg)
+
+
+def tiny_model(model_type: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    cls = {"mamba": MambaForCausalLM, "falcon_mamba": FalconMambaForCausalLM, "mamba2": Mamba2ForCausalLM}
+    model = cls[model_type](tiny_config(model_type, **overrides))
+    # Random (not default) A, D and dt so that decays differ per channel/head and states carry real information.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log") or name.endswith(".D") or name.endswith("dt_bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    return model.float()
+
+
+def split_points(length: int, sizes: list[int]) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for size in sizes:
+        out.append((start, start + size))
+        start += size
+    assert start == length
+    return out
