@@ -111,7 +111,9 @@ class CarriedState:
         for layer_idx, s in enumerate(state.recurrent_states):
             mean, std = stats.mean(layer_idx), stats.std(layer_idx)
             if mean.shape[0] != s.shape[1]:
-                raise ValueError(f"Fitted statistics of layer {layer_idx} have {mean.shape[0]} heads, not {s.shape[1]}.")
+                raise ValueError(
+                    f"Fitted statistics of layer {layer_idx} have {mean.shape[0]} heads, not {s.shape[1]}."
+                )
             view = (1, -1) + (1,) * (s.dim() - 2)
             noise = torch.randn(s.shape, generator=generator, device="cpu", dtype=torch.float32)
             ssm.append((noise * std.view(view) + mean.view(view)).to(s.device, s.dtype))

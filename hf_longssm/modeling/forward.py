@@ -90,9 +90,7 @@ def forward_with_state(
     checkpointing = getattr(base, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers < 5.2x
         checkpointing = base.is_gradient_checkpointing
-    if checkpointing and base.training and any(
-        t.requires_grad for t in state.conv_states + state.recurrent_states
-    ):
+    if checkpointing and base.training and any(t.requires_grad for t in state.conv_states + state.recurrent_states):
         raise ValueError(
             "Gradient checkpointing cannot backpropagate into a carried state that requires grad. Detach the state "
             "(state.detach(), as TBTT and state passing do) or set `gradient_checkpointing=False`."

@@ -23,7 +23,7 @@ logger = logging.get_logger(__name__)
 _DISABLE_ENV = "HF_LONGSSM_DISABLE_KERNELS"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_mamba_ssm() -> SimpleNamespace | None:
     if importlib.util.find_spec("mamba_ssm") is None:
         return None
@@ -36,7 +36,7 @@ def _import_mamba_ssm() -> SimpleNamespace | None:
     return SimpleNamespace(selective_scan_fn=selective_scan_fn, mamba_chunk_scan_combined=mamba_chunk_scan_combined)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_causal_conv1d() -> SimpleNamespace | None:
     if importlib.util.find_spec("causal_conv1d") is None:
         return None

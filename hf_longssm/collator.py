@@ -1,0 +1,41 @@
+"""`DataCollatorForStatePassing`: segments -> a batch, never padded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DataCollatorForStatePassing:
+    """Stack segments of equal length into a batch for `StatePassingTrainer`.
+
+    Each feature holds `input_ids` and `labels` of `segment_length` tokens, `labels` already shifted (`labels[t]` is
+    the token after `input_ids[t]`, so the prediction across the segment boundary is scored), and `reset_mask`
+    (a document starts at the segment's first token). Padding would corrupt a carried state, so segments of
+    different lengths are an error, not padded.
+
+    Returns:
+        `dict` with `input_ids`, `labels` and `shift_labels` (the same tensor: transformers' name for targets that
+        are already shifted, which Trainer uses to count tokens), `reset_mask` (bool) and `segment_index`.
+    """
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = {len(f["input_ids"]) for f in features}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"Segments of different lengths {sorted(lengths)} in one batch: streams are never padded. "
+                "Build the dataset with hf_longssm.data.build_segment_dataset."
+            )
+        input_ids = torch.stack([torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features])
+        labels = torch.stack([torch.as_tensor(f["labels"], dtype=torch.long) for f in features])
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ in shape.")
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "shift_labels": labels,
+            "reset_mask": torch.tensor([bool(f.get("reset_mask", False)) for f in features]),
+            "segment_index": torch.tensor([int(f.get("segment_index", -1)) for f in features]),
+        }

@@ -1,0 +1,103 @@
+"""`StatePassingConfig`: `TrainingArguments` plus the state interventions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+STATE_INITS = ("zero", "random_noise", "fitted_noise", "state_passing", "tbtt")
+_STATE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class StatePassingConfig(TrainingArguments):
+    r"""
+    Configuration for [`StatePassingTrainer`]: post-training with an initial state closer to the states that long
+    sequences reach (Buitrago Ruiz & Gu, 2025; Wang, 2024).
+
+    Parameters that control the state:
+
+        state_init (`str`, *optional*, defaults to `"state_passing"`):
+            Initial state of every training segment: `"zero"` (plain training), `"random_noise"` (IID Gaussian with
+            `noise_std`), `"fitted_noise"` (Gaussian with the per-layer, per-head mean/std of final states seen in
+            training), `"state_passing"` (the detached final state of the previous batch, a different sequence) or
+            `"tbtt"` (the detached final state of the previous segment of the same stream).
+        noise_std (`float`, *optional*, defaults to `1.0`):
+            Standard deviation of `"random_noise"`.
+        fitted_noise_warmup_steps (`int`, *optional*, defaults to `20`):
+            `"fitted_noise"`: optimizer steps trained from zero while the statistics are first gathered.
+        fitted_noise_update (`str`, *optional*, defaults to `"running"`):
+            `"running"` keeps adding every final state to the statistics; `"frozen"` stops after the warm-up.
+        reset_state_on_eos (`bool`, *optional*, defaults to `True`):
+            `"tbtt"`: zero the carried state on rows where a new document starts at the segment's first token.
+            A stream's first segment always starts from zero.
+        state_dtype (`str`, *optional*, defaults to `"float32"`):
+            dtype of carried SSM states (the scans run in float32, so float32 loses nothing between segments).
+        log_state_norms (`bool`, *optional*, defaults to `True`):
+            Log the mean L2 norm of the final SSM state of every layer (`state_norm/layer_{i}`).
+
+    Parameters that control the data:
+
+        segment_length (`int`, *optional*, defaults to `2048`):
+            Tokens per training segment (the training context T).
+        text_column (`str`, *optional*, defaults to `"text"`):
+            Column holding raw text when the dataset has no `input_ids`.
+
+    > [!NOTE]
+    > Defaults that differ from [`~transformers.TrainingArguments`]: `remove_unused_columns=False` (the collator's
+    > `reset_mask` must reach the trainer), `logging_steps=10`, `gradient_checkpointing=False`. Gradient
+    > checkpointing is exact with carried states (they are detached between segments) and may be turned on.
+    """
+
+    # ----- state -----
+    state_init: str = field(
+        default="state_passing",
+        metadata={"help": "Initial state of every training segment.", "choices": list(STATE_INITS)},
+    )
+    noise_std: float = field(default=1.0, metadata={"help": "Standard deviation of the random_noise initial state."})
+    fitted_noise_warmup_steps: int = field(
+        default=20, metadata={"help": "fitted_noise: steps trained from zero while statistics are first gathered."}
+    )
+    fitted_noise_update: str = field(
+        default="running",
+        metadata={
+            "help": "fitted_noise: keep updating the statistics or freeze them.",
+            "choices": ["running", "frozen"],
+        },
+    )
+    reset_state_on_eos: bool = field(
+        default=True, metadata={"help": "tbtt: zero the carried state where a new document starts a segment."}
+    )
+    state_dtype: str = field(
+        default="float32", metadata={"help": "dtype of carried SSM states.", "choices": list(_STATE_DTYPES)}
+    )
+    log_state_norms: bool = field(default=True, metadata={"help": "Log per-layer norms of the final SSM states."})
+    # ----- data -----
+    segment_length: int = field(default=2048, metadata={"help": "Tokens per training segment (training context)."})
+    text_column: str = field(default="text", metadata={"help": "Column with raw text when there is no input_ids."})
+    # ----- overridden TrainingArguments defaults -----
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep the collator's reset_mask (must stay False)."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.state_init not in STATE_INITS:
+            raise ValueError(f"state_init={self.state_init!r} is not one of {list(STATE_INITS)}.")
+        if self.segment_length < 1:
+            raise ValueError(f"segment_length must be >= 1, got {self.segment_length}.")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}.")
+        if self.fitted_noise_update not in ("running", "frozen"):
+            raise ValueError(f"fitted_noise_update must be 'running' or 'frozen', got {self.fitted_noise_update!r}.")
+        if self.state_dtype not in _STATE_DTYPES:
+            raise ValueError(f"state_dtype must be one of {list(_STATE_DTYPES)}, got {self.state_dtype!r}.")
+        if self.state_init == "fitted_noise" and self.fitted_noise_warmup_steps < 1:
+            raise ValueError("fitted_noise needs fitted_noise_warmup_steps >= 1 to gather its first statistics.")
+        if self.remove_unused_columns:
+            raise ValueError(
+                "StatePassingTrainer needs remove_unused_columns=False: the collator's reset_mask must reach it."
+            )

@@ -1,0 +1,140 @@
+"""Documents -> parallel streams -> segments.
+
+Documents are tokenized, joined with EOS and laid out as `num_streams` contiguous streams, each cut into segments of
+`segment_length` tokens (plus one token of look-ahead for the shifted labels). Streams are never padded.
+
+Item `k * num_streams + s` is segment `k` of stream `s`, so reading the dataset in order with a global batch of
+`num_streams` rows gives every row the next segment of *its* stream at every step. Accelerate hands rank `r` rows
+`r * B .. (r + 1) * B - 1` of each global batch (map-style datasets through its batch-sampler shard, iterable ones
+through dispatch or shards alike), so a stream stays on the same row and rank through gradient accumulation, and
+the carried state (TBTT) continues it. For the other interventions the segments may be shuffled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch.utils.data import Dataset, IterableDataset
+
+
+def iter_token_documents(dataset, tokenizer=None, text_column: str = "text") -> Iterator[list[int]]:
+    """Token ids of every document of `dataset` (rows with `input_ids`, or `text` tokenized by `tokenizer`)."""
+    for row in dataset:
+        if "input_ids" in row:
+            ids = row["input_ids"]
+            yield ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        elif text_column in row:
+            if tokenizer is None:
+                raise ValueError(
+                    f"The dataset has a {text_column!r} column: pass the tokenizer as `processing_class`."
+                )
+            yield tokenizer(row[text_column], add_special_tokens=False)["input_ids"]
+        else:
+            raise ValueError(f"Each row needs `input_ids` or {text_column!r}; got columns {sorted(row)}.")
+
+
+def _item(window: list[int], eos_token_id: int, previous_token: int | None, segment_index: int, stream: int) -> dict:
+    return {
+        "input_ids": torch.tensor(window[:-1], dtype=torch.long),
+        "labels": torch.tensor(window[1:], dtype=torch.long),  # already shifted: the boundary token is kept
+        # A document starts at the first token of this segment (the stream's start, or right after an EOS).
+        "reset_mask": previous_token is None or previous_token == eos_token_id,
+        "segment_index": segment_index,
+        "stream": stream,
+    }
+
+
+class SegmentDataset(Dataset):
+    """Map-style: the whole corpus is laid out at once (see the module docstring for the item order).
+
+    Args:
+        documents (`Iterable[list[int]]`): token ids per document.
+        segment_length (`int`): tokens per segment.
+        num_streams (`int`): parallel streams; for TBTT the global batch size (per-device batch x processes).
+        eos_token_id (`int`): appended to every document.
+    """
+
+    def __init__(self, documents: Iterable[list[int]], segment_length: int, num_streams: int, eos_token_id: int):
+        if eos_token_id is None:
+            raise ValueError("Documents are joined with EOS: the tokenizer (or model config) needs an eos_token_id.")
+        tokens: list[int] = []
+        num_documents = 0
+        for doc in documents:
+            tokens.extend(doc)
+            tokens.append(eos_token_id)
+            num_documents += 1
+        stream_len = len(tokens) // num_streams
+        self.segments_per_stream = (stream_len - 1) // segment_length
+        if self.segments_per_stream < 1:
+            raise ValueError(
+                f"The dataset has {len(tokens)} tokens in {num_documents} documents: not enough for one segment of "
+                f"{segment_length} (+1) tokens in each of {num_streams} streams. Lower `segment_length` or the batch "
+                "size, or add data."
+            )
+        self.streams = torch.tensor(tokens[: stream_len * num_streams], dtype=torch.long).view(num_streams, -1)
+        self.segment_length, self.num_streams, self.eos_token_id = segment_length, num_streams, eos_token_id
+
+    def __len__(self) -> int:
+        return self.segments_per_stream * self.num_streams
+
+    def __getitem__(self, index: int) -> dict:
+        segment_index, stream = divmod(index, self.num_streams)
+        start = segment_index * self.segment_length
+        window = self.streams[stream, start : start + self.segment_length + 1].tolist()
+        previous = None if start == 0 else int(self.streams[stream, start - 1])
+        return _item(window, self.eos_token_id, previous, segment_index, stream)
+
+
+class StreamingSegmentDataset(IterableDataset):
+    """Iterable: streams are filled document by document (each document goes to the shortest stream) and one segment
+    per stream is yielded, in stream order, as soon as every stream holds one. Works with `datasets` streaming."""
+
+    def __init__(self, documents: Iterable[list[int]], segment_length: int, num_streams: int, eos_token_id: int):
+        if eos_token_id is None:
+            raise ValueError("Documents are joined with EOS: the tokenizer (or model config) needs an eos_token_id.")
+        self.documents, self.segment_length = documents, segment_length
+        self.num_streams, self.eos_token_id = num_streams, eos_token_id
+
+    def __iter__(self) -> Iterator[dict]:
+        length, streams = self.segment_length, self.num_streams
+        buffers: list[list[int]] = [[] for _ in range(streams)]
+        previous: list[int | None] = [None] * streams
+        segment_index = 0
+        for doc in self.documents:
+            shortest = min(range(streams), key=lambda s: len(buffers[s]))
+            buffers[shortest].extend(list(doc) + [self.eos_token_id])
+            while all(len(b) >= length + 1 for b in buffers):
+                for s in range(streams):
+                    yield _item(buffers[s][: length + 1], self.eos_token_id, previous[s], segment_index, s)
+                    previous[s] = buffers[s][length - 1]
+                    del buffers[s][:length]
+                segment_index += 1
+        if segment_index == 0:
+            raise ValueError(
+                f"The streaming dataset ended before every one of {streams} streams held one segment of {length} "
+                f"(+1) tokens (they hold {[len(b) for b in buffers]}). Lower `segment_length` or the batch size."
+            )
+
+
+def build_segment_dataset(
+    dataset,
+    segment_length: int,
+    num_streams: int,
+    eos_token_id: int,
+    tokenizer=None,
+    text_column: str = "text",
+) -> Dataset | IterableDataset:
+    """Documents (a `datasets` dataset, streaming or not, or any iterable of rows) -> segments."""
+    if isinstance(dataset, (SegmentDataset, StreamingSegmentDataset)):
+        return dataset
+    streaming = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
+    if streaming:
+
+        class _Documents:  # re-iterable, so every epoch reads the stream again
+            def __iter__(self):
+                return iter_token_documents(dataset, tokenizer, text_column)
+
+        return StreamingSegmentDataset(_Documents(), segment_length, num_streams, eos_token_id)
+    return SegmentDataset(iter_token_documents(dataset, tokenizer, text_column), segment_length, num_streams,
+                          eos_token_id)  # fmt: skip
