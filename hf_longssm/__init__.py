@@ -11,6 +11,7 @@ from .trainer import StatePassingTrainer
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "data",
     "SUPPORTED_ARCHITECTURES",
     "CarriedState",
     "DataCollatorForStatePassing",

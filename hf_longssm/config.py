@@ -63,7 +63,7 @@ class StatePassingConfig(TrainingArguments):
     fitted_noise_update: str = field(
         default="running",
         metadata={
-            "help": "fitted_noise: keep updating the statistics or freeze them.",
+            "help": "fitted_noise: keep updating or freeze the statistics.",
             "choices": ["running", "frozen"],
         },
     )

@@ -26,9 +26,7 @@ def iter_token_documents(dataset, tokenizer=None, text_column: str = "text") -> 
             yield ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         elif text_column in row:
             if tokenizer is None:
-                raise ValueError(
-                    f"The dataset has a {text_column!r} column: pass the tokenizer as `processing_class`."
-                )
+                raise ValueError(f"Rows have {text_column!r}: pass the tokenizer as `processing_class`.")
             yield tokenizer(row[text_column], add_special_tokens=False)["input_ids"]
         else:
             raise ValueError(f"Each row needs `input_ids` or {text_column!r}; got columns {sorted(row)}.")

@@ -3,8 +3,8 @@
 This is the only module that touches the internals of transformers' cache objects (`to_cache` / `from_cache`).
 Per layer the state is the conv window and the SSM state, in transformers' own layout:
 
-* Mamba / FalconMamba: `conv_state (batch, intermediate_size, conv_kernel)`, `recurrent_state (batch, intermediate_size,
-  state_size)`;
+* Mamba / FalconMamba: `conv_state (batch, intermediate_size, conv_kernel)`,
+  `recurrent_state (batch, intermediate_size, state_size)`;
 * Mamba-2: `conv_state (batch, intermediate_size + 2 * n_groups * state_size, conv_kernel)`,
   `recurrent_state (batch, num_heads, head_dim, state_size)`.
 
@@ -111,9 +111,7 @@ class CarriedState:
         for layer_idx, s in enumerate(state.recurrent_states):
             mean, std = stats.mean(layer_idx), stats.std(layer_idx)
             if mean.shape[0] != s.shape[1]:
-                raise ValueError(
-                    f"Fitted statistics of layer {layer_idx} have {mean.shape[0]} heads, not {s.shape[1]}."
-                )
+                raise ValueError(f"Fitted statistics of layer {layer_idx}: {mean.shape[0]} heads, not {s.shape[1]}.")
             view = (1, -1) + (1,) * (s.dim() - 2)
             noise = torch.randn(s.shape, generator=generator, device="cpu", dtype=torch.float32)
             ssm.append((noise * std.view(view) + mean.view(view)).to(s.device, s.dtype))

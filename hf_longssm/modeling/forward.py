@@ -14,7 +14,7 @@ def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype
     expected = state_shapes(model.config)
     if state.num_layers != len(expected):
         raise ValueError(
-            f"The state has {state.num_layers} layers but the model has {len(expected)}: it was made for another model."
+            f"The state has {state.num_layers} layers but the model has {len(expected)}: it is another model's state."
         )
     if state.batch_size != batch_size:
         raise ValueError(
