@@ -1,0 +1,16 @@
+"""Long-context measurements, every one over long inputs in segments with a carried state (bounded memory)."""
+
+from .passkey import build_passkey_prompt, passkey_retrieval
+from .perplexity import PositionPerplexity, log_buckets, position_perplexity
+from .remembrance import effective_remembrance, state_norms_by_position
+
+
+__all__ = [
+    "PositionPerplexity",
+    "build_passkey_prompt",
+    "effective_remembrance",
+    "log_buckets",
+    "passkey_retrieval",
+    "position_perplexity",
+    "state_norms_by_position",
+]

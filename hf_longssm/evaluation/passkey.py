@@ -1,0 +1,99 @@
+"""Passkey retrieval: a 5-digit key hidden at a relative depth inside filler of an exact token length."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ..modeling import forward_with_state, unwrap_model
+
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+TASK = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+QUESTION = "What is the pass key? The pass key is"
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def build_passkey_prompt(tokenizer, length: int, depth: float, passkey: str) -> tuple[list[int], int]:
+    """Token ids of a passkey prompt of exactly `length` tokens, and the token index where the key line starts.
+
+    Args:
+        tokenizer: any tokenizer; the digits of the key must survive an encode/decode round trip.
+        length (`int`): total prompt length in tokens.
+        depth (`float`): where the key line sits in the filler, 0.0 (start) to 1.0 (end).
+        passkey (`str`): the key, e.g. "48213".
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}.")
+    if tokenizer.decode(_encode(tokenizer, f" {passkey}")).strip() != passkey:
+        raise ValueError("The tokenizer cannot encode and decode the digits of the passkey; use one that can.")
+    key_line = f"The pass key is {passkey}. Remember it. {passkey} is the pass key. "
+    head, key_line, tail = _encode(tokenizer, TASK), _encode(tokenizer, key_line), _encode(tokenizer, QUESTION)
+    filler_budget = length - len(head) - len(key_line) - len(tail)
+    if filler_budget < 0:
+        raise ValueError(f"length={length} is shorter than the task itself ({length - filler_budget} tokens).")
+    unit = _encode(tokenizer, FILLER)
+    filler = (unit * (filler_budget // len(unit) + 1))[:filler_budget]
+    cut = round(depth * filler_budget)
+    ids = head + filler[:cut] + key_line + filler[cut:] + tail
+    return ids, len(head) + cut
+
+
+@torch.no_grad()
+def _greedy_from_state(model, state, first_token: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """Greedy decoding with transformers' own one-token path, continuing from a carried state."""
+    config = unwrap_model(model).config
+    cache = state.to_cache(config)
+    token, generated = first_token, []
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=token, cache_params=cache, use_cache=True).logits[:, -1]
+        token = logits.argmax(-1, keepdim=True)
+        generated.append(int(token))
+    return generated
+
+
+@torch.no_grad()
+def passkey_retrieval(
+    model,
+    tokenizer,
+    lengths: list[int],
+    depths: list[float],
+    *,
+    num_trials: int = 3,
+    segment_length: int = 4096,
+    seed: int = 0,
+) -> list[dict]:
+    """Accuracy of retrieving a random 5-digit passkey, per (length, depth).
+
+    The prompt is prefilled in segments with the state carried, then decoded greedily from that state; a trial is
+    right when the generated text starts with the key (exact match). Seeded and reproducible.
+
+    Returns:
+        `list[dict]`: `{"length", "depth", "accuracy", "trials"}` per cell.
+    """
+    if list(lengths) != sorted(set(lengths)):
+        raise ValueError(f"lengths must be strictly increasing, got {lengths}.")
+    model.eval()
+    device = next(model.parameters()).device
+    rng = random.Random(seed)
+    results = []
+    for length in lengths:
+        for depth in depths:
+            correct = 0
+            for _ in range(num_trials):
+                key = str(rng.randint(10000, 99999))
+                ids, _ = build_passkey_prompt(tokenizer, length, depth, key)
+                ids = torch.tensor([ids], device=device)
+                state = None
+                for start in range(0, ids.shape[1] - 1, segment_length):
+                    _, state = forward_with_state(model, ids[:, start : min(start + segment_length, ids.shape[1] - 1)],
+                                                  state)  # fmt: skip
+                answer_tokens = len(_encode(tokenizer, f" {key}")) + 1
+                generated = _greedy_from_state(model, state, ids[:, -1:], answer_tokens)
+                correct += tokenizer.decode(generated).strip().startswith(key)
+            results.append({"length": length, "depth": depth, "accuracy": correct / num_trials, "trials": num_trials})
+    return results

@@ -1,0 +1,94 @@
+"""Position-wise perplexity to 128k tokens in bounded memory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..modeling import forward_with_state
+
+
+def log_buckets(length: int, start: int = 1) -> list[tuple[int, int]]:
+    """Log-spaced position buckets [0, start), [start, 2 start), ... covering positions 0..length-1."""
+    edges = [0]
+    edge = start
+    while edge < length:
+        edges.append(edge)
+        edge *= 2
+    edges.append(length)
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+@dataclass
+class PositionPerplexity:
+    """Mean next-token NLL at every position (averaged over the batch).
+
+    Attributes:
+        nll (`torch.Tensor` of shape `(L - 1,)`): `nll[t]` is the mean NLL of predicting token `t + 1` at position t.
+        num_sequences (`int`): rows averaged.
+    """
+
+    nll: torch.Tensor
+    num_sequences: int
+
+    def perplexity(self, buckets: list[tuple[int, int]] | None = None) -> list[dict[str, float]]:
+        """Perplexity per position bucket `[start, end)` (log-spaced by default)."""
+        buckets = log_buckets(len(self.nll)) if buckets is None else buckets
+        out = []
+        for start, end in buckets:
+            if not 0 <= start < end <= len(self.nll):
+                raise ValueError(f"Bucket [{start}, {end}) is outside positions 0..{len(self.nll)}.")
+            mean = self.nll[start:end].double().mean().item()
+            out.append({"start": start, "end": end, "nll": mean, "perplexity": math.exp(mean)})
+        return out
+
+
+@torch.no_grad()
+def position_perplexity(
+    model,
+    input_ids: torch.LongTensor,
+    segment_length: int = 4096,
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> PositionPerplexity:
+    """Position-wise NLL of `input_ids` read in segments with the state carried, so memory does not grow with L.
+
+    Args:
+        model: a supported causal LM.
+        input_ids (`torch.LongTensor` of shape `(B, L)`): token ids, one row per sequence, never padded.
+        segment_length (`int`, *optional*, defaults to 4096): tokens per forward; only memory and speed depend on it.
+        batch_size (`int`, *optional*): rows per forward (defaults to all B).
+        progress (`bool`, *optional*): show a progress bar over segments.
+
+    Returns:
+        [`PositionPerplexity`]: `nll` of shape `(L - 1,)`; `.perplexity(buckets)` per position bucket.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be [B, L] with L >= 2, got {tuple(input_ids.shape)}.")
+    if segment_length < 1:
+        raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows, length = input_ids.shape
+    batch_size = rows if batch_size is None else batch_size
+    total = torch.zeros(length - 1, dtype=torch.float64)
+    bar = tqdm(total=rows * math.ceil((length - 1) / segment_length), desc="position perplexity", disable=not progress)
+    for row_start in range(0, rows, batch_size):
+        ids = input_ids[row_start : row_start + batch_size].to(device)
+        state = None
+        for start in range(0, length - 1, segment_length):
+            end = min(start + segment_length, length - 1)
+            out, state = forward_with_state(model, ids[:, start:end], state)
+            # The targets run one past the segment: the prediction across the boundary is scored.
+            log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+            nll = -log_probs.gather(-1, ids[:, start + 1 : end + 1, None]).squeeze(-1)
+            total[start:end] += nll.double().sum(0).cpu()
+            bar.update(ids.shape[0])
+    bar.close()
+    model.train(was_training)
+    return PositionPerplexity(nll=(total / rows).float(), num_sequences=rows)

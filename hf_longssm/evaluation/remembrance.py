@@ -1,0 +1,54 @@
+"""Effective remembrance (how much the far past sways the next token) and state norms by position."""
+
+from __future__ import annotations
+
+import torch
+
+from ..modeling import forward_with_state
+
+
+def _next_token_probs(model, ids: torch.LongTensor, segment_length: int) -> torch.Tensor:
+    state, out = None, None
+    for start in range(0, ids.shape[1], segment_length):
+        out, state = forward_with_state(model, ids[:, start : start + segment_length], state)
+    return torch.softmax(out.logits[:, -1].float(), dim=-1)
+
+
+@torch.no_grad()
+def effective_remembrance(
+    model, input_ids: torch.LongTensor, T: int, ts: list[int], segment_length: int = 4096
+) -> dict[int, float]:
+    """EffRem_T(t) = TV(q(. | x[0:T]), q(. | x[t:T])), averaged over the rows of `input_ids`.
+
+    `q` is the model's next-token distribution after the context and TV = 1/2 sum |q - q'|. EffRem_T(0) = 0; values
+    near 1 at large t mean tokens far back still change the prediction.
+
+    Returns:
+        `dict[int, float]`: EffRem_T(t) for every t in `ts`.
+    """
+    if input_ids.shape[1] < T:
+        raise ValueError(f"input_ids has {input_ids.shape[1]} tokens, fewer than T={T}.")
+    if any(not 0 <= t < T for t in ts):
+        raise ValueError(f"Every t must satisfy 0 <= t < T={T}; got {ts}.")
+    model.eval()
+    ids = input_ids[:, :T].to(next(model.parameters()).device)
+    full = _next_token_probs(model, ids, segment_length)
+    return {t: 0.5 * (full - _next_token_probs(model, ids[:, t:], segment_length)).abs().sum(-1).mean().item()
+            for t in ts}  # fmt: skip
+
+
+@torch.no_grad()
+def state_norms_by_position(model, input_ids: torch.LongTensor, segment_length: int = 1024) -> dict[str, list]:
+    """Per-layer SSM state norm after every `segment_length` tokens (the drift past the training length).
+
+    Returns:
+        `{"positions": [p, ...], "norms": [[layer norms at p], ...]}` (norms averaged over rows).
+    """
+    model.eval()
+    ids = input_ids.to(next(model.parameters()).device)
+    positions, norms, state = [], [], None
+    for start in range(0, ids.shape[1], segment_length):
+        _, state = forward_with_state(model, ids[:, start : start + segment_length], state)
+        positions.append(min(start + segment_length, ids.shape[1]))
+        norms.append(state.norms().tolist())
+    return {"positions": positions, "norms": norms}
