@@ -98,7 +98,7 @@ def test_passkey_scoring_with_models_stubbed_right_and_wrong(monkeypatch):
 def test_passkey_greedy_decoding_matches_generate():
     tok = ByteTokenizer()
     model = tiny_model("mamba", vocab_size=257).eval()
-    ids, _ = evaluation.build_passkey_prompt(tok, 120, 0.5, "12345")
+    ids, _ = evaluation.build_passkey_prompt(tok, 260, 0.5, "12345")
     ids = torch.tensor([ids])
     with torch.no_grad():
         _, state = hl.forward_with_state(model, ids[:, :-1])
