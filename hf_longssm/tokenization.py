@@ -23,3 +23,14 @@ class ByteTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True, **kwargs) -> str:
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         return bytes(i - 1 for i in ids if 0 < i < 257).decode("utf-8", errors="replace")
+
+    def save_pretrained(self, save_directory, **kwargs) -> tuple[str]:
+        """Write a marker file so a saved model says how its ids map to text (Trainer saves the tokenizer)."""
+        import json
+        import os
+
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, "hf_longssm_tokenizer.json")
+        with open(path, "w") as f:
+            json.dump({"tokenizer_class": "hf_longssm.tokenization.ByteTokenizer", "eos_token_id": 0}, f)
+        return (path,)

@@ -260,3 +260,50 @@ class StatePassingTrainer(Trainer):
             self._carried = CarriedState.from_state_dict(payload["carried"], config).to(device=self.args.device)
         self._fitted_stats = FittedNoiseStats.from_state_dict(payload["fitted_stats"])
         self._noise_generator.set_state(payload["noise_generator"])
+
+    # ----- model card ------------------------------------------------------------------------------------------
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        base_model: str | None = None,
+        dataset_name: str | None = None,
+        results: list[dict] | None = None,
+        table: str | None = None,
+        plot: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write `README.md` in `output_dir`: hf_longssm's card (tags, settings, results, citations).
+
+        Args:
+            results (`list[dict]`, *optional*): this model's perplexity buckets (`start`, `end`, `perplexity`).
+            table (`str`, *optional*): a markdown comparison table; plot: a PNG file name in `output_dir`.
+        """
+        if not self.is_world_process_zero():
+            return
+        from .hub import render_model_card
+
+        config = unwrap_model(self.model).config
+        args = self.args
+        if base_model is None:
+            name = getattr(config, "_name_or_path", "") or ""
+            base_model = name if name.count("/") == 1 and not os.path.exists(name) else None
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        card = render_model_card(
+            model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
+            model_type=config.model_type,
+            state_init=args.state_init,
+            segment_length=args.segment_length,
+            steps=self.state.global_step,
+            tokens_seen=self.state.global_step * batch * args.segment_length,
+            batch=f"{args.per_device_train_batch_size} × {args.world_size} (× {args.gradient_accumulation_steps} acc.)",
+            learning_rate=args.learning_rate,
+            repo_id=args.hub_model_id,
+            base_model=base_model,
+            datasets=[dataset_name]
+            if dataset_name and "/" in dataset_name and "offline" not in dataset_name
+            else None,
+            results=results,
+            table=table,
+            plot=plot,
+        )
+        card.save(os.path.join(args.output_dir, "README.md"))

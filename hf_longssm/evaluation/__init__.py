@@ -1,7 +1,8 @@
 """Long-context measurements, every one over long inputs in segments with a carried state (bounded memory)."""
 
+from .loading import load
 from .passkey import build_passkey_prompt, passkey_retrieval
-from .perplexity import PositionPerplexity, log_buckets, position_perplexity
+from .perplexity import PositionPerplexity, log_buckets, position_perplexity, restarted_position_nll
 from .remembrance import effective_remembrance, state_norms_by_position
 
 
@@ -9,8 +10,10 @@ __all__ = [
     "PositionPerplexity",
     "build_passkey_prompt",
     "effective_remembrance",
+    "load",
     "log_buckets",
     "passkey_retrieval",
     "position_perplexity",
+    "restarted_position_nll",
     "state_norms_by_position",
 ]

@@ -92,3 +92,41 @@ def position_perplexity(
     bar.close()
     model.train(was_training)
     return PositionPerplexity(nll=(total / rows).float(), num_sequences=rows)
+
+
+@torch.no_grad()
+def restarted_position_nll(
+    model, input_ids: torch.LongTensor, window: int, *, batch_windows: int = 512
+) -> torch.Tensor:
+    """Mean NLL at every position when the context is restarted `window / 2 .. window` tokens earlier.
+
+    Each position is scored from a zero state started at most `window` and at least `window / 2` tokens back (the
+    first `window / 2` positions keep their whole context). Comparing it with `position_perplexity` on the same
+    tokens isolates what the long context does: `carried - restarted < 0` where the far past helps, `> 0` where the
+    model is hurt by states longer than it was trained on. Raw perplexity per position bucket mostly reflects which
+    text falls there; this difference does not.
+
+    Returns:
+        `torch.Tensor` of shape `(L - 1,)`, aligned with `PositionPerplexity.nll`.
+    """
+    if window < 2 or window % 2:
+        raise ValueError(f"window must be an even number >= 2, got {window}.")
+    model.eval()
+    device = next(model.parameters()).device
+    rows, length = input_ids.shape
+    half = window // 2
+    starts = list(range(0, max(length - 1 - half, 1), half))
+    padded = torch.nn.functional.pad(input_ids, (0, window + 1))
+    total = torch.zeros(length - 1, dtype=torch.float64)
+    jobs = [(r, s) for r in range(rows) for s in starts]
+    for i in range(0, len(jobs), batch_windows):
+        chunk = jobs[i : i + batch_windows]
+        ids = torch.stack([padded[r, s : s + window + 1] for r, s in chunk]).to(device)
+        logits = forward_with_state(model, ids[:, :-1])[0].logits.float()
+        nll = -torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
+        for (_, s), row_nll in zip(chunk, nll):
+            first = 0 if s == 0 else half  # positions s+half .. s+window-1 have between half and window of context
+            end = min(s + window, length - 1)
+            if s + first < end:
+                total[s + first : end] += row_nll[first : end - s]
+    return (total / rows).float()
