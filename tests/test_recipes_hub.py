@@ -21,8 +21,12 @@ def parser():
 
 def test_there_are_recipes():
     names = {str(p.relative_to(ROOT / "recipes")) for p in RECIPE_YAMLS}
-    assert {"mamba2-130m/sp/config_full.yaml", "mamba-130m/sp/config_full.yaml", "mamba2-130m/sp/config_lora.yaml",
-            "mamba2-tiny-bytes/sp/config_demo.yaml"} <= names  # fmt: skip
+    assert {
+        "mamba2-130m/sp/config_full.yaml",
+        "mamba-130m/sp/config_full.yaml",
+        "mamba2-130m/sp/config_lora.yaml",
+        "mamba2-tiny-bytes/sp/config_demo.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", RECIPE_YAMLS, ids=[p.parent.parent.name + "/" + p.name for p in RECIPE_YAMLS])
@@ -51,10 +55,22 @@ def test_command_line_overrides_yaml_and_unknown_keys_are_refused(tmp_path):
 
 def card(**overrides):
     results = [{"start": 0, "end": 32, "perplexity": 5.1}, {"start": 32, "end": 64, "perplexity": 5.0}]
-    kwargs = dict(model_name="m", model_type="mamba2", state_init="state_passing", segment_length=2048, steps=500,
-                  tokens_seen=1_000_000, batch="8 × 1", learning_rate=1e-4, repo_id="me/m",
-                  base_model="state-spaces/mamba2-130m", datasets=["monology/pile-uncopyrighted"], results=results,
-                  table=results_table({"base": results, "sp": results}), plot="perplexity_by_position.png")  # fmt: skip
+    kwargs = dict(
+        model_name="m",
+        model_type="mamba2",
+        state_init="state_passing",
+        segment_length=2048,
+        steps=500,
+        tokens_seen=1_000_000,
+        batch="8 × 1",
+        learning_rate=1e-4,
+        repo_id="me/m",
+        base_model="state-spaces/mamba2-130m",
+        datasets=["monology/pile-uncopyrighted"],
+        results=results,
+        table=results_table({"base": results, "sp": results}),
+        plot="perplexity_by_position.png",
+    )
     kwargs.update(overrides)
     return render_model_card(**kwargs)
 
@@ -79,8 +95,15 @@ def test_push_sends_weights_tokenizer_card_results_and_plot(tmp_path, monkeypatc
 
     folder = tmp_path / "model"
     folder.mkdir()
-    for name in ["model.safetensors", "config.json", "tokenizer.json", "README.md", "results.json",
-                 "perplexity_by_position.png", "training_args.bin"]:  # fmt: skip
+    for name in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "README.md",
+        "results.json",
+        "perplexity_by_position.png",
+        "training_args.bin",
+    ]:
         (folder / name).write_bytes(b"x")
     card().save(folder / "README.md")
     (folder / "checkpoint-10").mkdir()
@@ -108,5 +131,11 @@ def test_push_sends_weights_tokenizer_card_results_and_plot(tmp_path, monkeypatc
     url = push_folder_to_hub(folder, "me/tiny-sp", token="hf_fake")
     assert sent["repo"] == "me/tiny-sp" and url.endswith("/commit/1")
     assert "hf_longssm" in sent["card"]["tags"]
-    assert sent["files"] == ["README.md", "config.json", "model.safetensors", "perplexity_by_position.png",
-                             "results.json", "tokenizer.json"]  # fmt: skip
+    assert sent["files"] == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "perplexity_by_position.png",
+        "results.json",
+        "tokenizer.json",
+    ]

@@ -57,8 +57,9 @@ def test_state_dict_round_trip_detach_clone_and_norms():
     clone = state.clone()
     assert clone.recurrent_states[0].data_ptr() != state.recurrent_states[0].data_ptr()
     reset = state.reset(torch.tensor([False, True, False]))
-    assert reset.recurrent_states[0][1].abs().sum() == 0 and torch.equal(reset.recurrent_states[0][0],
-                                                                         state.recurrent_states[0][0])  # fmt: skip
+    assert reset.recurrent_states[0][1].abs().sum() == 0 and torch.equal(
+        reset.recurrent_states[0][0], state.recurrent_states[0][0]
+    )
     assert state.recurrent_states[0][1].abs().sum() > 0  # not in place
 
 

@@ -166,8 +166,9 @@ def test_to_cache_then_transformers_decode_matches(model_type):
         state_after = hl.CarriedState.from_cache(cache, model.config)
         _, expected = hl.forward_with_state(model, ids, None)
     torch.testing.assert_close(torch.cat(steps, 1), full[:, 40:48], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(state_after.recurrent_states[0].float(), expected.recurrent_states[0], atol=1e-5,
-                               rtol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        state_after.recurrent_states[0].float(), expected.recurrent_states[0], atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

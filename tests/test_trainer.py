@@ -36,10 +36,22 @@ def key_documents(n, length, seed):
 
 
 def config(tmp_path, method, **overrides):
-    kwargs = dict(output_dir=str(tmp_path / method), state_init=method, segment_length=8,
-                  per_device_train_batch_size=16, max_steps=300, learning_rate=1e-2, lr_scheduler_type="constant",
-                  report_to=[], save_strategy="no", logging_steps=50, seed=0, use_cpu=True, disable_tqdm=True,
-                  dataloader_drop_last=True)  # fmt: skip
+    kwargs = dict(
+        output_dir=str(tmp_path / method),
+        state_init=method,
+        segment_length=8,
+        per_device_train_batch_size=16,
+        max_steps=300,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        report_to=[],
+        save_strategy="no",
+        logging_steps=50,
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_drop_last=True,
+    )
     kwargs.update(overrides)
     return hl.StatePassingConfig(**kwargs)
 
@@ -111,8 +123,15 @@ def test_resume_equals_uninterrupted(tmp_path, method):
 
     def run(output_dir, max_steps, resume=None):
         model = tiny_model("mamba2", vocab_size=VOCAB)
-        args = config(tmp_path, method, output_dir=str(output_dir), max_steps=max_steps, logging_steps=1,
-                      save_strategy="steps", save_steps=3)  # fmt: skip
+        args = config(
+            tmp_path,
+            method,
+            output_dir=str(output_dir),
+            max_steps=max_steps,
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=3,
+        )
         trainer = hl.StatePassingTrainer(model=model, args=args, train_dataset=train)
         trainer.train(resume_from_checkpoint=resume)
         return [log["loss"] for log in trainer.state.log_history if "loss" in log]
@@ -133,8 +152,9 @@ def test_resume_without_the_carried_state_differs(tmp_path):
     for name in ("with", "without"):
         out = tmp_path / name
         model = tiny_model("mamba2", vocab_size=VOCAB)
-        args = config(tmp_path, "tbtt", output_dir=str(out), max_steps=3, logging_steps=1, save_strategy="steps",
-                      save_steps=3)  # fmt: skip
+        args = config(
+            tmp_path, "tbtt", output_dir=str(out), max_steps=3, logging_steps=1, save_strategy="steps", save_steps=3
+        )
         hl.StatePassingTrainer(model=model, args=args, train_dataset=train).train()
         if name == "without":
             (out / "checkpoint-3" / "hf_longssm_state_rank0.pt").unlink()
@@ -165,15 +185,22 @@ def test_bad_input_gets_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="state_init='carry' is not one of"):
         config(tmp_path, "carry")
     with pytest.raises(ValueError, match="not enough for one segment"):
-        hl.StatePassingTrainer(model=tiny_model("mamba2", vocab_size=VOCAB),
-                               args=config(tmp_path, "tbtt", segment_length=4096), train_dataset=train)  # fmt: skip
+        hl.StatePassingTrainer(
+            model=tiny_model("mamba2", vocab_size=VOCAB),
+            args=config(tmp_path, "tbtt", segment_length=4096),
+            train_dataset=train,
+        )
 
     class NoEos:
         eos_token_id = None
 
     with pytest.raises(ValueError, match="tokenizer has no eos_token_id"):
-        hl.StatePassingTrainer(model=tiny_model("mamba2", vocab_size=VOCAB), args=config(tmp_path, "tbtt"),
-                               train_dataset=train, processing_class=NoEos())  # fmt: skip
+        hl.StatePassingTrainer(
+            model=tiny_model("mamba2", vocab_size=VOCAB),
+            args=config(tmp_path, "tbtt"),
+            train_dataset=train,
+            processing_class=NoEos(),
+        )
 
 
 def test_streaming_dataset_shorter_than_a_segment_is_a_clear_error():

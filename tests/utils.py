@@ -17,8 +17,14 @@ MODEL_TYPES = ["mamba", "falcon_mamba", "mamba2"]
 
 
 def tiny_config(model_type: str, vocab_size: int = 64, num_hidden_layers: int = 2, **overrides):
-    common = dict(vocab_size=vocab_size, num_hidden_layers=num_hidden_layers, conv_kernel=4, pad_token_id=0,
-                  bos_token_id=0, eos_token_id=0)  # fmt: skip
+    common = dict(
+        vocab_size=vocab_size,
+        num_hidden_layers=num_hidden_layers,
+        conv_kernel=4,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     if model_type == "mamba2":
         # n_groups > 1 and a chunk_size that test lengths are not multiples of.
         cfg = dict(hidden_size=32, state_size=8, num_heads=8, head_dim=8, n_groups=2, chunk_size=16, expand=2)

@@ -90,8 +90,9 @@ def passkey_retrieval(
                 ids = torch.tensor([ids], device=device)
                 state = None
                 for start in range(0, ids.shape[1] - 1, segment_length):
-                    _, state = forward_with_state(model, ids[:, start : min(start + segment_length, ids.shape[1] - 1)],
-                                                  state)  # fmt: skip
+                    _, state = forward_with_state(
+                        model, ids[:, start : min(start + segment_length, ids.shape[1] - 1)], state
+                    )
                 answer_tokens = len(_encode(tokenizer, f" {key}")) + 1
                 generated = _greedy_from_state(model, state, ids[:, -1:], answer_tokens)
                 correct += tokenizer.decode(generated).strip().startswith(key)

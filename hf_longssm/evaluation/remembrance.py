@@ -33,8 +33,9 @@ def effective_remembrance(
     model.eval()
     ids = input_ids[:, :T].to(next(model.parameters()).device)
     full = _next_token_probs(model, ids, segment_length)
-    return {t: 0.5 * (full - _next_token_probs(model, ids[:, t:], segment_length)).abs().sum(-1).mean().item()
-            for t in ts}  # fmt: skip
+    return {
+        t: 0.5 * (full - _next_token_probs(model, ids[:, t:], segment_length)).abs().sum(-1).mean().item() for t in ts
+    }
 
 
 @torch.no_grad()

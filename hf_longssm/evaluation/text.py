@@ -9,8 +9,9 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 
-def documents_to_input_ids(documents, tokenizer, length: int, num_sequences: int | None = None,
-                           text_column: str = "text") -> torch.LongTensor:  # fmt: skip
+def documents_to_input_ids(
+    documents, tokenizer, length: int, num_sequences: int | None = None, text_column: str = "text"
+) -> torch.LongTensor:
     """The first `length` tokens of each document long enough, as a `[N, length]` tensor.
 
     Args:
@@ -34,6 +35,8 @@ def documents_to_input_ids(documents, tokenizer, length: int, num_sequences: int
         logger.warning(f"Skipped {len(skipped)} documents shorter than {length} tokens: {skipped[:5]}...")
     if not rows:
         longest = max((n for _, n in skipped), default=0)
-        raise ValueError(f"No document has {length} tokens (the longest has {longest}). Lower --length or give "
-                         "longer documents; documents are never padded.")  # fmt: skip
+        raise ValueError(
+            f"No document has {length} tokens (the longest has {longest}). Lower --length or give "
+            "longer documents; documents are never padded."
+        )
     return torch.tensor(rows, dtype=torch.long)

@@ -204,9 +204,18 @@ def selective_scan_with_state(u, delta, A, B, C, D, z, delta_bias, initial_state
     if ops is not None:
         report_path("Mamba-1 selective scan", "mamba-ssm selective_scan_fn + initial-state correction")
         return selective_scan_from_zero_with_correction(
-            ops.selective_scan_fn, u.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D, z,
-            delta_bias, True, initial_state,
-        )  # fmt: skip
+            ops.selective_scan_fn,
+            u.contiguous(),
+            delta.contiguous(),
+            A,
+            B.contiguous(),
+            C.contiguous(),
+            D,
+            z,
+            delta_bias,
+            True,
+            initial_state,
+        )
     report_path("Mamba-1 selective scan", "chunked torch")
     return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, True, initial_state)
 
@@ -241,9 +250,16 @@ def mamba_mixer_forward_with_state(
 
     # 4. Selective scan from the carried SSM state
     scan_output, ssm_state = selective_scan_with_state(
-        hidden_states_in, time_step, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D.float(), gate,
-        mixer.dt_proj.bias.float(), ssm_state,
-    )  # fmt: skip
+        hidden_states_in,
+        time_step,
+        A,
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+        mixer.D.float(),
+        gate,
+        mixer.dt_proj.bias.float(),
+        ssm_state,
+    )
 
     # 5. Final linear projection
     contextualized_states = mixer.out_proj(scan_output.transpose(1, 2).to(dtype))

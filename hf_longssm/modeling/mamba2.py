@@ -155,10 +155,20 @@ def mamba2_mixer_forward_with_state(
     elif ops is not None:
         report_path("Mamba-2 chunk scan", "mamba-ssm mamba_chunk_scan_combined")
         y, ssm_state = ops.mamba_chunk_scan_combined(
-            x, dt, A, B, C, chunk_size=mixer.chunk_size, D=mixer.D, z=None, dt_bias=mixer.dt_bias,
-            initial_states=ssm_state.float(), dt_softplus=True, dt_limit=tuple(mixer.time_step_limit),
+            x,
+            dt,
+            A,
+            B,
+            C,
+            chunk_size=mixer.chunk_size,
+            D=mixer.D,
+            z=None,
+            dt_bias=mixer.dt_bias,
+            initial_states=ssm_state.float(),
+            dt_softplus=True,
+            dt_limit=tuple(mixer.time_step_limit),
             return_final_states=True,
-        )  # fmt: skip
+        )
     else:
         report_path("Mamba-2 chunk scan", "chunked torch")
         dt = _discretize_dt(dt, mixer.dt_bias, mixer.time_step_limit)

@@ -46,10 +46,27 @@ class PasskeyRetrieval(evaluate.Metric):
             features=datasets.Features({"lengths": datasets.Value("int64")}),
         )
 
-    def _compute(self, lengths, depths=(0.0, 0.25, 0.5, 0.75, 1.0), model=None, model_id=None, tokenizer=None,
-                 num_trials=3, segment_length=4096, seed=0, device=None):  # fmt: skip
+    def _compute(
+        self,
+        lengths,
+        depths=(0.0, 0.25, 0.5, 0.75, 1.0),
+        model=None,
+        model_id=None,
+        tokenizer=None,
+        num_trials=3,
+        segment_length=4096,
+        seed=0,
+        device=None,
+    ):
         model = resolve_model(model, model_id, device)
         tokenizer = resolve_tokenizer(tokenizer, model_id)
-        results = passkey_retrieval(model, tokenizer, list(lengths), list(depths), num_trials=num_trials,
-                                    segment_length=segment_length, seed=seed)  # fmt: skip
+        results = passkey_retrieval(
+            model,
+            tokenizer,
+            list(lengths),
+            list(depths),
+            num_trials=num_trials,
+            segment_length=segment_length,
+            seed=seed,
+        )
         return {"results": results, "accuracy": sum(r["accuracy"] for r in results) / len(results)}
