@@ -100,8 +100,8 @@ def ssd_chunk_scan(
     y = torch.einsum("bctsh,bcshp->bcthp", scores, x_dt)
 
     # 2. Each chunk's own contribution to the state at its end.
-    decay_to_end = torch.exp(cum_decay[..., -1:] - cum_decay)  # (b, h, c, t)
-    chunk_states = torch.einsum("bcthn,bhct,bcthp->bchpn", B, decay_to_end, x_dt)
+    decay_to_end = torch.exp(cum_decay[..., -1:] - cum_decay).permute(0, 2, 3, 1)  # (b, c, t, h)
+    chunk_states = torch.einsum("bcthn,bcthp->bchpn", B * decay_to_end[..., None], x_dt)
 
     # 3. Across chunks, starting from the carried state: the state entering every chunk, and the final state.
     start = x.new_zeros(batch, heads, head_dim, B.shape[-1]) if initial_states is None else initial_states.float()
@@ -111,7 +111,8 @@ def ssd_chunk_scan(
     entering, final_states = states[:, :-1], states[:, -1]
 
     # 4. What the state entering each chunk gives at every position inside it.
-    y = y + torch.einsum("bcthn,bchpn,bhct->bcthp", C, entering, torch.exp(cum_decay))
+    decay_from_start = torch.exp(cum_decay).permute(0, 2, 3, 1)  # (b, c, t, h)
+    y = y + torch.einsum("bcthn,bchpn->bcthp", C, entering) * decay_from_start[..., None]
     y = y.reshape(batch, -1, heads, head_dim)[:, :seq_len]
     if D is not None:
         y = y + x * D.float()[:, None]
