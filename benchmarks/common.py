@@ -1,0 +1,133 @@
+"""Shared helpers: model configs, timing (median of interleaved repeats), JSON with the command and machine."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import (
+    FalconMambaConfig,
+    FalconMambaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+)
+
+
+SIZES = {
+    # ~0.1M parameters: what the tests use.
+    "tiny": {
+        "mamba": dict(
+            vocab_size=256, hidden_size=64, num_hidden_layers=2, state_size=16, intermediate_size=128, time_step_rank=8
+        ),
+        "mamba2": dict(
+            vocab_size=256,
+            hidden_size=64,
+            num_hidden_layers=2,
+            state_size=32,
+            head_dim=16,
+            num_heads=8,
+            expand=2,
+            n_groups=1,
+            chunk_size=64,
+        ),
+    },
+    # ~8-9M parameters.
+    "10m": {
+        "mamba": dict(
+            vocab_size=4096,
+            hidden_size=256,
+            num_hidden_layers=16,
+            state_size=16,
+            intermediate_size=512,
+            time_step_rank=16,
+        ),
+        "mamba2": dict(
+            vocab_size=4096,
+            hidden_size=256,
+            num_hidden_layers=16,
+            state_size=64,
+            head_dim=32,
+            num_heads=16,
+            expand=2,
+            n_groups=1,
+            chunk_size=256,
+        ),
+    },
+}
+
+
+def build_model(model_type: str, size: str, seed: int = 0):
+    torch.manual_seed(seed)
+    family = "mamba2" if model_type == "mamba2" else "mamba"
+    config_cls, model_cls = {
+        "mamba": (MambaConfig, MambaForCausalLM),
+        "falcon_mamba": (FalconMambaConfig, FalconMambaForCausalLM),
+        "mamba2": (Mamba2Config, Mamba2ForCausalLM),
+    }[model_type]
+    return model_cls(config_cls(**SIZES[size][family]))
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns: dict, repeats: int, max_seconds: float = float("inf")) -> dict[str, dict]:
+    """Run each function once to warm up, then `repeats` rounds in turn; median seconds per function.
+
+    A function whose warm-up took longer than `max_seconds` is not repeated (its single time is reported).
+    """
+    times = {name: [timed(fn)] for name, fn in fns.items()}
+    slow = {name for name, t in times.items() if t[0] > max_seconds}
+    times = {name: (t if name in slow else []) for name, t in times.items()}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if name not in slow:
+                times[name].append(timed(fn))
+    return {
+        name: {"median_s": statistics.median(t), "runs": len(t), "all_s": [round(x, 4) for x in t]}
+        for name, t in times.items()
+    }
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def environment() -> dict:
+    versions = {}
+    for name in ("hf-longssm", "torch", "transformers", "accelerate"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def write_results(path: str | Path, results: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"command": "python " + shlex.join(sys.argv), "environment": environment(), **results}
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")
+    return path
