@@ -15,18 +15,37 @@ from tests.utils import tiny_model  # noqa: E402
 class RecordingTrainer(hl.StatePassingTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        self.records.append({"step": self.state.global_step, "first_tokens": inputs["input_ids"][:, 0].tolist(),
-                             "last_labels": inputs["labels"][:, -1].tolist(), "loss": loss.item(),
-                             "state_norm": self._carried.norms().tolist()})  # fmt: skip
+        self.records.append(
+            {
+                "step": self.state.global_step,
+                "first_tokens": inputs["input_ids"][:, 0].tolist(),
+                "last_labels": inputs["labels"][:, -1].tolist(),
+                "loss": loss.item(),
+                "state_norm": self._carried.norms().tolist(),
+            }
+        )
         return loss
 
 
 def main(output_dir: str, max_steps: int, resume: str | None):
     docs = [[1 + (d * 7 + i) % 60 for i in range(150 + 13 * d)] for d in range(12)]
-    args = hl.StatePassingConfig(output_dir=output_dir, state_init="tbtt", segment_length=16,
-                                 per_device_train_batch_size=2, max_steps=max_steps, learning_rate=1e-3, lr_scheduler_type="constant",
-                                 save_strategy="steps", save_steps=2, logging_steps=1, report_to=[], use_cpu=True,
-                                 seed=0, disable_tqdm=True, dataloader_drop_last=True)  # fmt: skip
+    args = hl.StatePassingConfig(
+        output_dir=output_dir,
+        state_init="tbtt",
+        segment_length=16,
+        per_device_train_batch_size=2,
+        max_steps=max_steps,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_drop_last=True,
+    )
     trainer = RecordingTrainer(
         model=tiny_model("mamba2"), args=args, train_dataset=Dataset.from_dict({"input_ids": docs})
     )
