@@ -2,8 +2,9 @@
 
     python benchmarks/forward_backward.py [--sizes tiny 10m] [--lengths 512 2048 8192] [--repeats 3]
 
-Each (model type, size, length) runs in its own subprocess so that its peak memory (max RSS) is its own. Times are
-medians of interleaved repeats; ratios are plain / ours for time (> 1: ours is faster).
+Times: both paths in one subprocess per (model type, size, length), run in turn after a warm-up (median of
+`--repeats`), so that load on the machine hits both alike; speedup = transformers / hf_longssm (> 1: ours is faster).
+Memory: one subprocess per path, each mode once, peak RSS above the loaded model.
 """
 
 from __future__ import annotations
@@ -27,21 +28,23 @@ from common import build_model, interleaved_medians, peak_rss_mib, write_results
 PLAIN_MAMBA1_BACKWARD_MAX_LENGTH = 2048
 
 
-def measure(model_type: str, size: str, length: int, path: str, repeats: int, max_seconds: float) -> dict:
-    """One subprocess: forward and forward+backward times of one path, and its peak memory."""
+def measure(model_type: str, size: str, length: int, paths: list[str], repeats: int, max_seconds: float) -> dict:
+    """One subprocess. With both paths: times, interleaved run by run so that load on the machine hits both alike.
+    With one path: that path's peak memory (max RSS above the loaded model), each mode once."""
     import hf_longssm as hl
 
     model = build_model(model_type, size)
     ids = torch.randint(0, model.config.vocab_size, (1, length))
+    skip_plain_backward = model_type != "mamba2" and length > PLAIN_MAMBA1_BACKWARD_MAX_LENGTH
 
-    def forward():
+    def forward(path):
         with torch.no_grad():
             if path == "hf_longssm":
                 hl.forward_with_state(model, ids)
             else:
                 model(ids)
 
-    def forward_backward():
+    def forward_backward(path):
         model.zero_grad(set_to_none=True)
         if path == "hf_longssm":
             out, _ = hl.forward_with_state(model, ids, labels=ids)
@@ -49,20 +52,46 @@ def measure(model_type: str, size: str, length: int, path: str, repeats: int, ma
             out = model(ids, labels=ids)
         out.loss.backward()
 
-    base = peak_rss_mib()
-    fwd = interleaved_medians({"forward": forward}, repeats, max_seconds)["forward"]
-    fwd_peak = peak_rss_mib() - base
-    if path == "transformers" and model_type != "mamba2" and length > PLAIN_MAMBA1_BACKWARD_MAX_LENGTH:
-        fb = {"skipped": f"quadratic in length; not run above {PLAIN_MAMBA1_BACKWARD_MAX_LENGTH}"}
-    else:
-        fb = interleaved_medians({"forward_backward": forward_backward}, repeats, max_seconds)["forward_backward"]
-    return {
-        "forward": fwd,
-        "forward_backward": fb,
-        "peak_rss_mib_forward": fwd_peak,
-        "peak_rss_mib_forward_backward": peak_rss_mib() - base,
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-    }
+    out = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    if len(paths) == 1:  # memory
+        path = paths[0]
+        base = peak_rss_mib()
+        forward(path)
+        out["peak_rss_mib_forward"] = peak_rss_mib() - base
+        if not (path == "transformers" and skip_plain_backward):
+            forward_backward(path)
+            out["peak_rss_mib_forward_backward"] = peak_rss_mib() - base
+        return out
+    fwd = {p: (lambda p=p: forward(p)) for p in paths}
+    out["forward"] = interleaved_medians(fwd, repeats, max_seconds)
+    fb = {p: (lambda p=p: forward_backward(p)) for p in paths if not (p == "transformers" and skip_plain_backward)}
+    out["forward_backward"] = interleaved_medians(fb, repeats, max_seconds)
+    if skip_plain_backward:
+        out["forward_backward"]["transformers"] = {
+            "skipped": f"quadratic in length; not run above {PLAIN_MAMBA1_BACKWARD_MAX_LENGTH}"
+        }
+    return out
+
+
+def run_one(args, model_type, size, length, paths):
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_one",
+        model_type,
+        size,
+        str(length),
+        ",".join(paths),
+        "--repeats",
+        str(args.repeats),
+        "--max_seconds",
+        str(args.max_seconds),
+    ]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return {"timeout_s": args.timeout}
 
 
 def main():
@@ -77,8 +106,8 @@ def main():
     parser.add_argument("--_one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._one:
-        model_type, size, length, path = args._one
-        print(json.dumps(measure(model_type, size, int(length), path, args.repeats, args.max_seconds)))
+        model_type, size, length, paths = args._one
+        print(json.dumps(measure(model_type, size, int(length), paths.split(","), args.repeats, args.max_seconds)))
         return
 
     rows = []
@@ -86,29 +115,14 @@ def main():
         for model_type in args.model_types:
             for length in args.lengths:
                 row = {"model_type": model_type, "size": size, "length": length}
-                for path in ("hf_longssm", "transformers"):
-                    cmd = [
-                        sys.executable,
-                        __file__,
-                        "--_one",
-                        model_type,
-                        size,
-                        str(length),
-                        path,
-                        "--repeats",
-                        str(args.repeats),
-                        "--max_seconds",
-                        str(args.max_seconds),
-                    ]
-                    try:
-                        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
-                        row[path] = json.loads(out.stdout.strip().splitlines()[-1])
-                    except subprocess.TimeoutExpired:
-                        row[path] = {"timeout_s": args.timeout}
-                ours, plain = row["hf_longssm"], row["transformers"]
+                row["time"] = run_one(args, model_type, size, length, ["hf_longssm", "transformers"])
+                row["memory"] = {
+                    p: run_one(args, model_type, size, length, [p]) for p in ("hf_longssm", "transformers")
+                }
                 for mode in ("forward", "forward_backward"):
-                    if "median_s" in ours.get(mode, {}) and "median_s" in plain.get(mode, {}):
-                        row[f"speedup_{mode}"] = plain[mode]["median_s"] / ours[mode]["median_s"]
+                    timing = row["time"].get(mode, {})
+                    if "median_s" in timing.get("hf_longssm", {}) and "median_s" in timing.get("transformers", {}):
+                        row[f"speedup_{mode}"] = timing["transformers"]["median_s"] / timing["hf_longssm"]["median_s"]
                 rows.append(row)
                 print(
                     json.dumps(

@@ -133,3 +133,15 @@ def test_checkpointing_with_a_state_that_needs_grad_is_refused():
     with pytest.raises(ValueError, match="gradient_checkpointing=False"):
         hl.forward_with_state(model, ids, state)  # not detached
     hl.forward_with_state(model, ids, state.detach())
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_bare_models_without_lm_head(model_type):
+    model = tiny_model(model_type).eval()
+    backbone = model.backbone
+    ids = torch.randint(0, 64, (2, 30))
+    with torch.no_grad():
+        full = backbone(ids).last_hidden_state
+        a, state = hl.forward_with_state(backbone, ids[:, :12])
+        b, _ = hl.forward_with_state(backbone, ids[:, 12:], state)
+    torch.testing.assert_close(torch.cat([a.last_hidden_state, b.last_hidden_state], 1), full, atol=1e-4, rtol=1e-4)

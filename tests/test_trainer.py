@@ -212,3 +212,37 @@ def test_streaming_dataset_shorter_than_a_segment_is_a_clear_error():
     items = list(hl.data.build_segment_dataset(long_enough, segment_length=16, num_streams=2, eos_token_id=0))
     assert len(items) >= 4 and [it["stream"] for it in items[:4]] == [0, 1, 0, 1]
     assert torch.equal(items[0]["labels"][-1:], items[2]["input_ids"][:1])
+
+
+def test_streaming_documents_train_with_tbtt(tmp_path):
+    streaming = Dataset.from_dict({"input_ids": key_documents(40, 64, seed=3)}).to_iterable_dataset()
+    model = tiny_model("mamba2", vocab_size=VOCAB)
+    trainer = hl.StatePassingTrainer(
+        model=model, args=config(tmp_path, "tbtt", max_steps=4, logging_steps=1), train_dataset=streaming
+    )
+    trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses) == 4 and trainer._carried.batch_size == 16
+
+
+def test_lora_through_the_trainer_saves_and_merges(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = tiny_model("mamba", vocab_size=VOCAB)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train = Dataset.from_dict({"input_ids": key_documents(60, 64, seed=1)})
+    args = config(tmp_path, "state_passing", max_steps=5, learning_rate=1e-2)
+    trainer = hl.StatePassingTrainer(model=model, args=args, train_dataset=train, peft_config=peft.LoraConfig(r=4))
+    assert trainer.model.peft_config["default"].target_modules == {"in_proj", "x_proj", "dt_proj"}
+    trainer.train()
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    ids = torch.tensor(key_documents(2, 40, seed=5))
+    with torch.no_grad():
+        adapted = hl.forward_with_state(trainer.model, ids)[0].logits
+        merged = trainer.model.merge_and_unload()
+        after_merge = hl.forward_with_state(merged, ids)[0].logits
+    torch.testing.assert_close(adapted, after_merge, atol=1e-4, rtol=1e-4)
+    changed = [n for n, p in merged.named_parameters() if not torch.equal(p, frozen[n])]
+    assert changed and all(any(t in n for t in ("in_proj", "x_proj", "dt_proj")) for n in changed)

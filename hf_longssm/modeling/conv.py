@@ -49,7 +49,7 @@ def causal_conv1d_with_state(
         )
         return out, new_conv_state
 
-    report_path("causal conv1d", "torch")
+    report_path("causal conv1d", "torch", hidden_states)
     full = torch.cat([conv_state[..., 1:].to(hidden_states.dtype), hidden_states], dim=-1)
     out = F.conv1d(full.to(weight.dtype), weight.unsqueeze(1), bias, groups=weight.shape[0])[..., -seq_len:]
     if activation is not None:

@@ -83,11 +83,23 @@ def use_reference() -> bool:
 _reported: set[str] = set()
 
 
-def report_path(component: str, path: str) -> None:
-    """Log once per process which implementation serves `component` (no silent fall-back)."""
+def report_path(component: str, path: str, tensor: torch.Tensor | None = None) -> None:
+    """Log once per process which implementation serves `component` (no silent fall-back).
+
+    A CUDA tensor on the torch path means the kernels are missing (or disabled): that is a warning, with what to
+    install; on the CPU the torch path is the only one and is logged at info level.
+    """
     key = f"{component}:{path}"
-    if key not in _reported:
-        _reported.add(key)
+    if key in _reported:
+        return
+    _reported.add(key)
+    if tensor is not None and tensor.is_cuda and path.endswith("torch"):
+        logger.warning(
+            f"hf_longssm: {component} runs on the {path} path on CUDA (exact, slower): install the kernels with "
+            "`pip install --no-build-isolation mamba-ssm causal-conv1d` (README, GPU machines) unless "
+            f"{_DISABLE_ENV}=1 is set on purpose."
+        )
+    else:
         logger.info(f"hf_longssm: {component} runs on the {path} path.")
 
 

@@ -233,7 +233,7 @@ def selective_scan_with_state(u, delta, A, B, C, D, z, delta_bias, initial_state
             True,
             initial_state,
         )
-    report_path("Mamba-1 selective scan", "chunked torch")
+    report_path("Mamba-1 selective scan", "chunked torch", u)
     return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, True, initial_state)
 
 

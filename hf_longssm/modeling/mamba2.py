@@ -171,7 +171,7 @@ def mamba2_mixer_forward_with_state(
             return_final_states=True,
         )
     else:
-        report_path("Mamba-2 chunk scan", "chunked torch")
+        report_path("Mamba-2 chunk scan", "chunked torch", x)
         dt = _discretize_dt(dt, mixer.dt_bias, mixer.time_step_limit)
         y, ssm_state = ssd_chunk_scan(x, dt, A, B, C, mixer.chunk_size, D=mixer.D, initial_states=ssm_state)
 
