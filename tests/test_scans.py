@@ -93,3 +93,14 @@ def test_mamba2_chunk_scan_equals_recurrence(seq_len, chunk):
     torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
     for k, v in leaves.items():
         torch.testing.assert_close(v.grad, ref_leaves[k].grad, rtol=1e-5, atol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0, 40.0], ids=["float32-range", "float64-range", "pairwise-range"])
+def test_mamba1_chunk_scan_every_decay_regime_equals_loop(scale):
+    """Mild decays take the float32 factorized form, deeper ones float64, extreme ones the halved pairwise form."""
+    inputs = mamba1_inputs(seq_len=70, seed=7)
+    inputs["delta_bias"] = torch.full_like(inputs["delta_bias"], scale)
+    y, h = selective_scan_chunked(**inputs, delta_softplus=True, chunk_size=64)
+    y_ref, h_ref = selective_scan_ref(**inputs, delta_softplus=True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)

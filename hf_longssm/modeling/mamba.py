@@ -27,9 +27,10 @@ from .kernels import mamba_ssm_ops, report_path, use_reference
 
 # Chunk of the parallel torch scan: one cumulative sum per chunk replaces T Python steps; memory is (b, d, T, n).
 DEFAULT_SCAN_CHUNK = 64
-# Inside a chunk the factorized form multiplies exp(-S_s) by exp(S_t) (S the cumulative log-decay). In float64 both
-# stay finite while |S| < ~700; past this bound a chunk takes the pairwise (T x T) form, exact for any decay.
-_MAX_FACTORIZED_DECAY = 600.0
+# Inside a chunk the factorized form multiplies exp(-S_s) by exp(S_t) (S the cumulative log-decay). Both stay finite
+# in float32 while |S| < ~88 and in float64 while |S| < ~709; past that a chunk is halved, down to the pairwise
+# (T x T) form, exact for any decay. The rounding error does not grow with |S| (see `_scan_chunk`).
+_MAX_FACTORIZED_DECAY = {torch.float32: 60.0, torch.float64: 600.0}
 
 
 def _discretize(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
@@ -97,13 +98,15 @@ def _scan_chunk(
     """One chunk: dt (b, d, T), dBu (b, d, T, n), C (b, T, n), h (b, d, n) -> y (b, d, T), final h (b, d, n).
 
     h_t = decay(0..t) h0 + sum_{s<=t} decay(s+1..t) dBu_s for all t at once. The decay is diagonal, so with
-    S_t = sum_{r<=t} dt_r A this is h_t = exp(S_t) * (h0 + cumsum_s(exp(-S_s) dBu_s)): O(T) work, computed in float64,
-    whose rounding error stays at eps * sum |dBu| because exp(S_t - S_s) <= 1 for every term that reaches h_t.
+    S_t = sum_{r<=t} dt_r A this is h_t = exp(S_t) * (h0 + cumsum_s(exp(-S_s) dBu_s)): O(T) work, whose rounding
+    error stays at eps * sum |dBu| because exp(S_t - S_s) <= 1 for every term that reaches h_t. float32 while the
+    chunk's decay allows it, float64 beyond.
     """
-    log_decay = dt.double()[..., None] * A.double()[None, :, None, :]  # (b, d, T, n), <= 0
+    log_decay = dt[..., None] * A[None, :, None, :]  # (b, d, T, n), <= 0
     cum = torch.cumsum(log_decay, dim=2)
     steps = dt.shape[-1]
-    if -cum[:, :, -1].min() > _MAX_FACTORIZED_DECAY:  # exp(-S) would overflow: halve the chunk, or pairwise form
+    deepest = -cum[:, :, -1].min().item()
+    if deepest > _MAX_FACTORIZED_DECAY[torch.float64]:  # exp(-S) would overflow: halve the chunk, or pairwise form
         if steps > 8:
             half = steps // 2
             y0, h = _scan_chunk(dt[..., :half], dBu[:, :, :half], A, C[:, :half], h)
@@ -113,7 +116,10 @@ def _scan_chunk(
             "bdtsn,bdsn->bdtn", _segsum_exp(log_decay.float()), dBu
         )
     else:
-        states = (torch.exp(cum) * (h.double()[:, :, None, :] + torch.cumsum(torch.exp(-cum) * dBu, dim=2))).float()
+        if deepest > _MAX_FACTORIZED_DECAY[torch.float32]:
+            cum = torch.cumsum(log_decay.double(), dim=2)  # float64 keeps exp(-S) finite
+        h0 = h.to(cum.dtype)[:, :, None, :]
+        states = (torch.exp(cum) * (h0 + torch.cumsum(torch.exp(-cum) * dBu.to(cum.dtype), dim=2))).float()
     y = torch.einsum("bdtn,btn->bdt", states, C)
     return y, states[:, :, -1]
 
