@@ -99,3 +99,32 @@ def test_cli_other_tasks(saved_model, tmp_path, task):
     if task == "state_norms":
         assert payload["positions"] == [64, 128, 192, 256]
     assert (tmp_path / "o" / f"{task}.png").is_file()
+
+
+def test_hf_longssm_entry_point(saved_model, tmp_path, capsys):
+    from hf_longssm.cli import main as cli_main
+
+    _, path = saved_model
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Now is the winter of our discontent. " * 20)
+    cli_main(
+        [
+            "eval",
+            "--model",
+            path,
+            "--task",
+            "state_norms",
+            "--data",
+            str(doc),
+            "--length",
+            "128",
+            "--segment_length",
+            "64",
+            "--output_dir",
+            str(tmp_path / "cli"),
+            "--no_plot",
+        ]
+    )
+    assert json.loads((tmp_path / "cli" / "state_norms.json").read_text())["results"][path]["positions"] == [64, 128]
+    with pytest.raises(SystemExit):
+        cli_main(["train"])
