@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from transformers.integrations.accelerate import force_accelerate_hooks
 from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMixer
 from transformers.models.mamba.modeling_mamba import MambaMixer
@@ -26,7 +27,7 @@ from .kernels import mamba_ssm_ops, report_path, use_reference
 
 
 # Chunk of the parallel torch scan: one cumulative sum per chunk replaces T Python steps; memory is (b, d, T, n).
-DEFAULT_SCAN_CHUNK = 64
+DEFAULT_SCAN_CHUNK = 128
 # Inside a chunk the factorized form multiplies exp(-S_s) by exp(S_t) (S the cumulative log-decay). Both stay finite
 # in float32 while |S| < ~88 and in float64 while |S| < ~709; past that a chunk is halved, down to the pairwise
 # (T x T) form, exact for any decay. The rounding error does not grow with |S| (see `_scan_chunk`).
@@ -124,6 +125,11 @@ def _scan_chunk(
     return y, states[:, :, -1]
 
 
+def _scan_chunk_inputs(dt, u, Bt, Ct, A, h):
+    dBu = dt[..., None] * Bt[:, None] * u[..., None]  # (b, d, T, n)
+    return _scan_chunk(dt, dBu, A, Ct, h)
+
+
 def selective_scan_chunked(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -147,11 +153,19 @@ def selective_scan_chunked(
     dt = _discretize(delta, delta_bias, delta_softplus)
     Bt, Ct = B.float().transpose(1, 2), C.float().transpose(1, 2)  # (b, l, n)
     h = u.new_zeros(batch, dim, A.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
+    # With gradients, each chunk is recomputed in the backward pass: only its (b, d, T) and (b, T, n) inputs are
+    # kept, not the (b, d, T, n) intermediates, so training memory grows like the model's activations, not x n.
+    recompute = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, delta_bias, initial_state)
+    )
     ys = []
     for start in range(0, seq_len, chunk_size):
         chunk = slice(start, start + chunk_size)
-        dBu = dt[:, :, chunk, None] * Bt[:, None, chunk] * u[:, :, chunk, None].float()
-        y, h = _scan_chunk(dt[:, :, chunk], dBu, A, Ct[:, chunk], h)
+        args = (dt[:, :, chunk], u[:, :, chunk].float(), Bt[:, chunk], Ct[:, chunk], A, h)
+        if recompute:
+            y, h = torch.utils.checkpoint.checkpoint(_scan_chunk_inputs, *args, use_reentrant=False)
+        else:
+            y, h = _scan_chunk_inputs(*args)
         ys.append(y)
     y = torch.cat(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0, dtype=torch.float32)
     return _finish(y, u, D, z), h
