@@ -12,10 +12,13 @@ def fmt(x, digits=3):
 
 
 def forward_backward():
-    path = RESULTS / "forward_backward_cpu.json"
-    if not path.is_file():
-        return ""
-    data = json.loads(path.read_text())
+    lines = []
+    for path in sorted(RESULTS.glob("forward_backward_cpu*.json")):
+        lines += forward_backward_file(json.loads(path.read_text())) + [""]
+    return "\n".join(lines)
+
+
+def forward_backward_file(data):
     lines = [
         f"`{data['command']}`",
         "",
@@ -37,7 +40,7 @@ def forward_backward():
             f"| {row['model_type']} | {row['size']} | {row['length']} | {fmt(ours)} | {plain_cell} | "
             f"{fmt(row.get('speedup_forward_backward'))} | {fmt(row.get('speedup_forward'))} | {peak} |"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def trainer_step():
