@@ -47,7 +47,8 @@ class StatePassingConfig(TrainingArguments):
 
     > [!NOTE]
     > Defaults that differ from [`~transformers.TrainingArguments`]: `remove_unused_columns=False` (the collator's
-    > `reset_mask` must reach the trainer), `logging_steps=10`, `gradient_checkpointing=False`. Gradient
+    > `reset_mask` must reach the trainer), `logging_steps=10`, `ddp_find_unused_parameters=False` (every
+    > parameter is used), `gradient_checkpointing=False`. Gradient
     > checkpointing is exact with carried states (they are detached between segments) and may be turned on.
     """
 
@@ -82,6 +83,9 @@ class StatePassingConfig(TrainingArguments):
         default=False, metadata={"help": "Keep the collator's reset_mask (must stay False)."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every parameter of a Mamba model is used in each step: no extra DDP pass."}
+    )
 
     def __post_init__(self):
         super().__post_init__()

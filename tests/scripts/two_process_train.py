@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 
 
@@ -55,6 +56,10 @@ def main(output_dir: str, max_steps: int, resume: str | None):
     streams = trainer.train_dataset.streams.tolist()
     out = {"rank": rank, "world_size": trainer.args.world_size, "records": trainer.records, "streams": streams}
     Path(output_dir, f"records_rank{rank}_{'resumed' if resume else 'fresh'}.json").write_text(json.dumps(out))
+    # Tear the gloo group down before exit: left to interpreter shutdown it can abort ("terminate called ...").
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
