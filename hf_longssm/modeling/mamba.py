@@ -24,6 +24,7 @@ from transformers.models.mamba.modeling_mamba import MambaMixer
 
 from .conv import causal_conv1d_with_state
 from .kernels import mamba_ssm_ops, report_path, use_reference
+from .stateful import StatefulMixerMixin
 
 
 # Chunk of the parallel torch scan: one cumulative sum per chunk replaces T Python steps; memory is (b, d, T, n).
@@ -303,22 +304,11 @@ def mamba_mixer_forward_with_state(
     return contextualized_states, conv_state, ssm_state
 
 
-class _StatefulMixinForward:
-    """Forward that serves a `SegmentStates` passed as `cache_params` and defers to transformers otherwise."""
-
-    def forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
-        from ..state import SegmentStates
-
-        if isinstance(cache_params, SegmentStates):
-            return cache_params.run_layer(self, hidden_states)
-        return super().forward(hidden_states, cache_params=cache_params, attention_mask=attention_mask, **kwargs)
-
-
-class StatefulMambaMixer(_StatefulMixinForward, MambaMixer):
-    forward = force_accelerate_hooks(["conv1d", "dt_proj"])(_StatefulMixinForward.forward)
+class StatefulMambaMixer(StatefulMixerMixin, MambaMixer):
+    forward = force_accelerate_hooks(["conv1d", "dt_proj"])(StatefulMixerMixin.forward)
     segment_forward = mamba_mixer_forward_with_state
 
 
-class StatefulFalconMambaMixer(_StatefulMixinForward, FalconMambaMixer):
-    forward = force_accelerate_hooks(["conv1d", "dt_proj"])(_StatefulMixinForward.forward)
+class StatefulFalconMambaMixer(StatefulMixerMixin, FalconMambaMixer):
+    forward = force_accelerate_hooks(["conv1d", "dt_proj"])(StatefulMixerMixin.forward)
     segment_forward = mamba_mixer_forward_with_state

@@ -18,6 +18,7 @@ from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
 from .conv import causal_conv1d_with_state
 from .kernels import mamba_ssm_ops, report_path, use_reference
+from .stateful import StatefulMixerMixin
 
 
 def _discretize_dt(dt, dt_bias, dt_limit):
@@ -181,15 +182,6 @@ def mamba2_mixer_forward_with_state(
     return contextualized_states, conv_state, ssm_state
 
 
-class StatefulMamba2Mixer(Mamba2Mixer):
-    """`Mamba2Mixer` that serves a `SegmentStates` passed as `cache_params` and defers to transformers otherwise."""
-
+class StatefulMamba2Mixer(StatefulMixerMixin, Mamba2Mixer):
+    forward = force_accelerate_hooks("conv1d")(StatefulMixerMixin.forward)
     segment_forward = mamba2_mixer_forward_with_state
-
-    @force_accelerate_hooks("conv1d")
-    def forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
-        from ..state import SegmentStates
-
-        if isinstance(cache_params, SegmentStates):
-            return cache_params.run_layer(self, hidden_states)
-        return super().forward(hidden_states, cache_params=cache_params, attention_mask=attention_mask, **kwargs)
