@@ -20,5 +20,5 @@ for sdist in .whl/causal_conv1d-*.tar.gz .whl/causal-conv1d-*.tar.gz .whl/mamba_
 done
 python3 -c "import hf_longssm.modeling as m; print('kernels importable:', m.kernel_availability())"
 mkdir -p "${OUT:-outputs/gpu}"
-python3 -m pytest -m gpu tests/test_gpu.py -v 2>&1 | tee "${OUT:-outputs/gpu}/gpu_tests.log"
+python3 -m pytest -m gpu tests/modeling/test_kernels_gpu.py -v 2>&1 | tee "${OUT:-outputs/gpu}/gpu_tests.log"
 python3 benchmarks/gpu_throughput.py --output "${OUT:-outputs/gpu}/gpu_throughput.json"

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, write_results  # noqa: E402
 
 import hf_longssm as hl  # noqa: E402
-from hf_longssm.data import SegmentDataset  # noqa: E402
+from hf_longssm.training.data import SegmentDataset  # noqa: E402
 
 
 class StepTimer(TrainerCallback):

@@ -1,11 +1,9 @@
 """hf_longssm: make Hugging Face Mamba, Mamba-2 and FalconMamba models work far beyond their training context."""
 
-from . import data
-from .collator import DataCollatorForStatePassing
-from .config import StatePassingConfig
-from .modeling import SUPPORTED_ARCHITECTURES, forward_with_state, get_architecture, prepare_model, unwrap_model
+from .forward import eval_mode, forward_with_state, iter_segments, prefill
+from .modeling import SUPPORTED_ARCHITECTURES, get_architecture, prepare_model, unwrap_model
 from .state import CarriedState, FittedNoiseStats
-from .trainer import StatePassingTrainer
+from .training import DataCollatorForStatePassing, StatePassingConfig, StatePassingTrainer, data
 
 
 __version__ = "0.1.0.dev0"
@@ -18,8 +16,11 @@ __all__ = [
     "StatePassingConfig",
     "StatePassingTrainer",
     "FittedNoiseStats",
+    "eval_mode",
     "forward_with_state",
     "get_architecture",
+    "iter_segments",
+    "prefill",
     "prepare_model",
     "unwrap_model",
 ]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PretrainedConfig
 
-from .modeling.registry import get_architecture, state_shapes, unwrap_model
+from .modeling import get_architecture, state_shapes, unwrap_model
 
 
 def _model_info(model) -> tuple[PretrainedConfig, torch.device, torch.dtype]:
@@ -264,30 +264,3 @@ class FittedNoiseStats:
         stats = cls(len(state_dict["count"]))
         stats.count, stats.sum, stats.sum_sq = list(state_dict["count"]), state_dict["sum"], state_dict["sum_sq"]
         return stats
-
-
-class SegmentStates:
-    """What the stateful mixers read and write during one `forward_with_state` call, passed as `cache_params`.
-
-    Initial states are only read; final states go to separate slots as fresh tensors. Under gradient checkpointing
-    the recomputation reads the same initial states and overwrites the slots with equal values, so it stays exact.
-    """
-
-    def __init__(self, state: CarriedState):
-        self.initial = state
-        self.final_conv: list[torch.Tensor | None] = [None] * state.num_layers
-        self.final_recurrent: list[torch.Tensor | None] = [None] * state.num_layers
-
-    def run_layer(self, mixer, hidden_states: torch.Tensor) -> torch.Tensor:
-        idx = mixer.layer_idx
-        initial_recurrent = self.initial.recurrent_states[idx]
-        out, conv, ssm = mixer.segment_forward(hidden_states, self.initial.conv_states[idx], initial_recurrent)
-        self.final_conv[idx] = conv
-        self.final_recurrent[idx] = ssm.to(initial_recurrent.dtype)
-        return out
-
-    def final_state(self) -> CarriedState:
-        if any(s is None for s in self.final_recurrent):
-            missing = [i for i, s in enumerate(self.final_recurrent) if s is None]
-            raise RuntimeError(f"Layers {missing} did not run through hf_longssm's stateful mixer.")
-        return CarriedState(self.final_conv, self.final_recurrent, self.initial.config)

@@ -54,3 +54,14 @@ def split_points(length: int, sizes: list[int]) -> list[tuple[int, int]]:
         start += size
     assert start == length
     return out
+
+
+def run_segments(model, ids, sizes, state=None, **kwargs):
+    """Logits of `ids` fed in segments of `sizes` with the state carried, and the final state."""
+    import hf_longssm as hl
+
+    logits = []
+    for start, end in split_points(ids.shape[1], sizes):
+        out, state = hl.forward_with_state(model, ids[:, start:end], state, **kwargs)
+        logits.append(out.logits)
+    return torch.cat(logits, dim=1), state

@@ -1,6 +1,6 @@
 """Long-context measurements, every one over long inputs in segments with a carried state (bounded memory)."""
 
-from .loading import load
+from .modules import load
 from .passkey import build_passkey_prompt, passkey_retrieval
 from .perplexity import PositionPerplexity, log_buckets, position_perplexity, restarted_position_nll
 from .remembrance import effective_remembrance, state_norms_by_position

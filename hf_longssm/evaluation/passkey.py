@@ -6,7 +6,8 @@ import random
 
 import torch
 
-from ..modeling import forward_with_state, unwrap_model
+from ..forward import eval_mode, prefill
+from ..modeling import unwrap_model
 
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -77,24 +78,22 @@ def passkey_retrieval(
     """
     if list(lengths) != sorted(set(lengths)):
         raise ValueError(f"lengths must be strictly increasing, got {lengths}.")
-    model.eval()
     device = next(model.parameters()).device
     rng = random.Random(seed)
     results = []
-    for length in lengths:
-        for depth in depths:
-            correct = 0
-            for _ in range(num_trials):
-                key = str(rng.randint(10000, 99999))
-                ids, _ = build_passkey_prompt(tokenizer, length, depth, key)
-                ids = torch.tensor([ids], device=device)
-                state = None
-                for start in range(0, ids.shape[1] - 1, segment_length):
-                    _, state = forward_with_state(
-                        model, ids[:, start : min(start + segment_length, ids.shape[1] - 1)], state
-                    )
-                answer_tokens = len(_encode(tokenizer, f" {key}")) + 1
-                generated = _greedy_from_state(model, state, ids[:, -1:], answer_tokens)
-                correct += tokenizer.decode(generated).strip().startswith(key)
-            results.append({"length": length, "depth": depth, "accuracy": correct / num_trials, "trials": num_trials})
+    with eval_mode(model):
+        for length in lengths:
+            for depth in depths:
+                correct = 0
+                for _ in range(num_trials):
+                    key = str(rng.randint(10000, 99999))
+                    ids, _ = build_passkey_prompt(tokenizer, length, depth, key)
+                    ids = torch.tensor([ids], device=device)
+                    _, state = prefill(model, ids[:, :-1], segment_length)
+                    answer_tokens = len(_encode(tokenizer, f" {key}")) + 1
+                    generated = _greedy_from_state(model, state, ids[:, -1:], answer_tokens)
+                    correct += tokenizer.decode(generated).strip().startswith(key)
+                results.append(
+                    {"length": length, "depth": depth, "accuracy": correct / num_trials, "trials": num_trials}
+                )
     return results

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..modeling import forward_with_state
+from ..forward import eval_mode, forward_with_state, iter_segments
 
 
 def log_buckets(length: int, start: int = 1) -> list[tuple[int, int]]:
@@ -71,26 +71,21 @@ def position_perplexity(
         raise ValueError(f"input_ids must be [B, L] with L >= 2, got {tuple(input_ids.shape)}.")
     if segment_length < 1:
         raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     rows, length = input_ids.shape
     batch_size = rows if batch_size is None else batch_size
     total = torch.zeros(length - 1, dtype=torch.float64)
     bar = tqdm(total=rows * math.ceil((length - 1) / segment_length), desc="position perplexity", disable=not progress)
-    for row_start in range(0, rows, batch_size):
-        ids = input_ids[row_start : row_start + batch_size].to(device)
-        state = None
-        for start in range(0, length - 1, segment_length):
-            end = min(start + segment_length, length - 1)
-            out, state = forward_with_state(model, ids[:, start:end], state)
-            # The targets run one past the segment: the prediction across the boundary is scored.
-            log_probs = torch.log_softmax(out.logits.float(), dim=-1)
-            nll = -log_probs.gather(-1, ids[:, start + 1 : end + 1, None]).squeeze(-1)
-            total[start:end] += nll.double().sum(0).cpu()
-            bar.update(ids.shape[0])
+    with eval_mode(model):
+        for row_start in range(0, rows, batch_size):
+            ids = input_ids[row_start : row_start + batch_size].to(device)
+            # The targets run one past each segment: the prediction across the boundary is scored.
+            for start, end, out, _ in iter_segments(model, ids[:, :-1], segment_length):
+                log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+                nll = -log_probs.gather(-1, ids[:, start + 1 : end + 1, None]).squeeze(-1)
+                total[start:end] += nll.double().sum(0).cpu()
+                bar.update(ids.shape[0])
     bar.close()
-    model.train(was_training)
     return PositionPerplexity(nll=(total / rows).float(), num_sequences=rows)
 
 
@@ -111,7 +106,6 @@ def restarted_position_nll(
     """
     if window < 2 or window % 2:
         raise ValueError(f"window must be an even number >= 2, got {window}.")
-    model.eval()
     device = next(model.parameters()).device
     rows, length = input_ids.shape
     half = window // 2
@@ -119,14 +113,15 @@ def restarted_position_nll(
     padded = torch.nn.functional.pad(input_ids, (0, window + 1))
     total = torch.zeros(length - 1, dtype=torch.float64)
     jobs = [(r, s) for r in range(rows) for s in starts]
-    for i in range(0, len(jobs), batch_windows):
-        chunk = jobs[i : i + batch_windows]
-        ids = torch.stack([padded[r, s : s + window + 1] for r, s in chunk]).to(device)
-        logits = forward_with_state(model, ids[:, :-1])[0].logits.float()
-        nll = -torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
-        for (_, s), row_nll in zip(chunk, nll):
-            first = 0 if s == 0 else half  # positions s+half .. s+window-1 have between half and window of context
-            end = min(s + window, length - 1)
-            if s + first < end:
-                total[s + first : end] += row_nll[first : end - s]
+    with eval_mode(model):
+        for i in range(0, len(jobs), batch_windows):
+            chunk = jobs[i : i + batch_windows]
+            ids = torch.stack([padded[r, s : s + window + 1] for r, s in chunk]).to(device)
+            logits = forward_with_state(model, ids[:, :-1])[0].logits.float()
+            nll = -torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
+            for (_, s), row_nll in zip(chunk, nll):
+                first = 0 if s == 0 else half  # positions s+half .. s+window-1 have between half and window of context
+                end = min(s + window, length - 1)
+                if s + first < end:
+                    total[s + first : end] += row_nll[first : end - s]
     return (total / rows).float()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..modeling import forward_with_state
+from ..forward import eval_mode, iter_segments, prefill
 
 
 def _next_token_probs(model, ids: torch.LongTensor, segment_length: int) -> torch.Tensor:
-    state, out = None, None
-    for start in range(0, ids.shape[1], segment_length):
-        out, state = forward_with_state(model, ids[:, start : start + segment_length], state)
+    out, _ = prefill(model, ids, segment_length)
     return torch.softmax(out.logits[:, -1].float(), dim=-1)
 
 
@@ -30,12 +28,13 @@ def effective_remembrance(
         raise ValueError(f"input_ids has {input_ids.shape[1]} tokens, fewer than T={T}.")
     if any(not 0 <= t < T for t in ts):
         raise ValueError(f"Every t must satisfy 0 <= t < T={T}; got {ts}.")
-    model.eval()
     ids = input_ids[:, :T].to(next(model.parameters()).device)
-    full = _next_token_probs(model, ids, segment_length)
-    return {
-        t: 0.5 * (full - _next_token_probs(model, ids[:, t:], segment_length)).abs().sum(-1).mean().item() for t in ts
-    }
+    with eval_mode(model):
+        full = _next_token_probs(model, ids, segment_length)
+        return {
+            t: 0.5 * (full - _next_token_probs(model, ids[:, t:], segment_length)).abs().sum(-1).mean().item()
+            for t in ts
+        }
 
 
 @torch.no_grad()
@@ -45,11 +44,10 @@ def state_norms_by_position(model, input_ids: torch.LongTensor, segment_length: 
     Returns:
         `{"positions": [p, ...], "norms": [[layer norms at p], ...]}` (norms averaged over rows).
     """
-    model.eval()
     ids = input_ids.to(next(model.parameters()).device)
-    positions, norms, state = [], [], None
-    for start in range(0, ids.shape[1], segment_length):
-        _, state = forward_with_state(model, ids[:, start : start + segment_length], state)
-        positions.append(min(start + segment_length, ids.shape[1]))
-        norms.append(state.norms().tolist())
+    positions, norms = [], []
+    with eval_mode(model):
+        for _, end, _, state in iter_segments(model, ids, segment_length):
+            positions.append(end)
+            norms.append(state.norms().tolist())
     return {"positions": positions, "norms": norms}

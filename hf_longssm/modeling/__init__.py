@@ -1,13 +1,19 @@
-"""How a multi-token segment starts from a carried state and returns its final state, per architecture."""
+"""How a multi-token segment starts from a carried state and returns its final state, per model family.
 
-from .forward import forward_with_state
+Imports nothing else of hf_longssm: `ops/` (kernel-free maths) -> `kernels.py` (dispatch) -> one file per family
+(`mamba.py`, `falcon_mamba.py`, `mamba2.py`) -> `registry.py` (collects the families).
+"""
+
+from .base import Architecture, SegmentStates, StatefulMixerMixin
 from .kernels import kernel_availability, reference_scans
 from .registry import SUPPORTED_ARCHITECTURES, get_architecture, prepare_model, state_shapes, unwrap_model
 
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
-    "forward_with_state",
+    "Architecture",
+    "SegmentStates",
+    "StatefulMixerMixin",
     "get_architecture",
     "kernel_availability",
     "reference_scans",

@@ -1,261 +1,22 @@
-"""Mamba-1 and FalconMamba: the selective scan started from a carried SSM state.
+"""Mamba-1 (`model_type="mamba"`): the mixer's forward over a segment, from and to a carried state.
 
-Three implementations of one function, all returning the output and the final state:
-
-* `selective_scan_ref`: a step-by-step loop, the reference every other path is tested against;
-* `selective_scan_chunked`: plain PyTorch, exact, parallel inside chunks of `chunk_size` steps (the matrix form of
-  the recurrence with cumulative log-decays) and sequential across chunks, so memory grows with the chunk, not with
-  the segment. This is the CPU path and the GPU path without mamba-ssm;
-* `selective_scan_from_zero_with_correction`: mamba-ssm's zero-start `selective_scan_fn` plus the exact correction for
-  the initial state. The scan is linear in its initial state h0:
-  y_t += C_t . (prod_{s<=t} exp(dt_s A)) h0 and h_T += (prod_{s<=T} exp(dt_s A)) h0.
-
-Shape legend: b = batch, d = intermediate channels, l = sequence, n = SSM state size.
+Per layer the state is `conv_state (intermediate_size, conv_kernel)` and `recurrent_state (intermediate_size,
+state_size)` per row, transformers' `DynamicCache` layout. FalconMamba reuses this forward (`falcon_mamba.py`).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-import torch.utils.checkpoint
+from transformers import PretrainedConfig
 from transformers.integrations.accelerate import force_accelerate_hooks
-from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMixer
 from transformers.models.mamba.modeling_mamba import MambaMixer
 
-from .conv import causal_conv1d_with_state
-from .kernels import mamba_ssm_ops, report_path, use_reference
-from .stateful import StatefulMixerMixin
+from .base import Architecture, StatefulMixerMixin, StateShapes
+from .kernels import causal_conv1d_with_state, selective_scan_with_state
 
 
-# Chunk of the parallel torch scan: one cumulative sum per chunk replaces T Python steps; memory is (b, d, T, n).
-DEFAULT_SCAN_CHUNK = 128
-# Inside a chunk the factorized form multiplies exp(-S_s) by exp(S_t) (S the cumulative log-decay). Both stay finite
-# in float32 while |S| < ~88 and in float64 while |S| < ~709; past that a chunk is halved, down to the pairwise
-# (T x T) form, exact for any decay. The rounding error does not grow with |S| (see `_scan_chunk`).
-_MAX_FACTORIZED_DECAY = {torch.float32: 60.0, torch.float64: 600.0}
-
-
-def _discretize(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
-    dt = delta.float()
-    if delta_bias is not None:
-        dt = dt + delta_bias.float()[None, :, None]
-    return F.softplus(dt) if delta_softplus else dt
-
-
-def _finish(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
-    if D is not None:
-        y = y + u.float() * D.float()[None, :, None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y
-
-
-def selective_scan_ref(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-    initial_state: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step-by-step selective scan from `initial_state` (the reference).
-
-    Args use mamba-ssm's layout: u, delta, z `(b, d, l)`; A `(d, n)`; B, C `(b, n, l)`; D, delta_bias `(d,)`;
-    initial_state `(b, d, n)`. Returns `(y (b, d, l) float32, final_state (b, d, n) float32)`.
-    """
-    batch, dim, seq_len = u.shape
-    dt = _discretize(delta, delta_bias, delta_softplus)
-    dA = torch.exp(dt[..., None] * A.float()[None, :, None, :])  # (b, d, l, n)
-    dBu = dt[..., None] * B.float().transpose(1, 2)[:, None] * u.float()[..., None]  # (b, d, l, n)
-    h = u.new_zeros(batch, dim, A.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
-    ys = []
-    for t in range(seq_len):
-        h = dA[:, :, t] * h + dBu[:, :, t]
-        ys.append((h * C.float()[:, None, :, t]).sum(-1))
-    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0, dtype=torch.float32)
-    return _finish(y, u, D, z), h
-
-
-def _segsum_exp(log_decay: torch.Tensor) -> torch.Tensor:
-    """exp(sum_{s < r <= t} log_decay_r) for s <= t and 0 above the diagonal: (..., T, n) -> (..., T, T, n).
-
-    The sums are accumulated per (t, s) pair, not as differences of one cumulative sum, which would cancel
-    catastrophically in float32 once the cumulative decay is large.
-    """
-    steps = log_decay.shape[-2]
-    strict = torch.ones(steps, steps, dtype=torch.bool, device=log_decay.device).tril(-1)  # r > s
-    terms = log_decay[..., :, None, :].expand(*log_decay.shape[:-2], steps, steps, log_decay.shape[-1])
-    seg = torch.cumsum(terms.masked_fill(~strict[:, :, None], 0), dim=-3)  # (..., t, s, n)
-    causal = torch.ones(steps, steps, dtype=torch.bool, device=log_decay.device).tril()
-    return torch.exp(seg.masked_fill(~causal[:, :, None], float("-inf")))
-
-
-def _scan_chunk(
-    dt: torch.Tensor, dBu: torch.Tensor, A: torch.Tensor, C: torch.Tensor, h: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk: dt (b, d, T), dBu (b, d, T, n), C (b, T, n), h (b, d, n) -> y (b, d, T), final h (b, d, n).
-
-    h_t = decay(0..t) h0 + sum_{s<=t} decay(s+1..t) dBu_s for all t at once. The decay is diagonal, so with
-    S_t = sum_{r<=t} dt_r A this is h_t = exp(S_t) * (h0 + cumsum_s(exp(-S_s) dBu_s)): O(T) work, whose rounding
-    error stays at eps * sum |dBu| because exp(S_t - S_s) <= 1 for every term that reaches h_t. float32 while the
-    chunk's decay allows it, float64 beyond.
-    """
-    log_decay = dt[..., None] * A[None, :, None, :]  # (b, d, T, n), <= 0
-    cum = torch.cumsum(log_decay, dim=2)
-    steps = dt.shape[-1]
-    deepest = -cum[:, :, -1].min().item()
-    if deepest > _MAX_FACTORIZED_DECAY[torch.float64]:  # exp(-S) would overflow: halve the chunk, or pairwise form
-        if steps > 8:
-            half = steps // 2
-            y0, h = _scan_chunk(dt[..., :half], dBu[:, :, :half], A, C[:, :half], h)
-            y1, h = _scan_chunk(dt[..., half:], dBu[:, :, half:], A, C[:, half:], h)
-            return torch.cat([y0, y1], dim=-1), h
-        states = torch.exp(cum).float() * h[:, :, None, :] + torch.einsum(
-            "bdtsn,bdsn->bdtn", _segsum_exp(log_decay.float()), dBu
-        )
-    else:
-        if deepest > _MAX_FACTORIZED_DECAY[torch.float32]:
-            cum = torch.cumsum(log_decay.double(), dim=2)  # float64 keeps exp(-S) finite
-        h0 = h.to(cum.dtype)[:, :, None, :]
-        states = (torch.exp(cum) * (h0 + torch.cumsum(torch.exp(-cum) * dBu.to(cum.dtype), dim=2))).float()
-    y = torch.einsum("bdtn,btn->bdt", states, C)
-    return y, states[:, :, -1]
-
-
-def _scan_chunk_inputs(dt, u, Bt, Ct, A, h):
-    dBu = dt[..., None] * Bt[:, None] * u[..., None]  # (b, d, T, n)
-    return _scan_chunk(dt, dBu, A, Ct, h)
-
-
-def selective_scan_chunked(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-    initial_state: torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_SCAN_CHUNK,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact selective scan from `initial_state`, parallel inside chunks of `chunk_size` steps.
-
-    Same arguments and returns as `selective_scan_ref`. Decays are only ever multiplied over spans inside one chunk
-    (`exp` of a sum of non-positive terms), so nothing overflows whatever `dt` and `A` are.
-    """
-    batch, dim, seq_len = u.shape
-    A = A.float()
-    dt = _discretize(delta, delta_bias, delta_softplus)
-    Bt, Ct = B.float().transpose(1, 2), C.float().transpose(1, 2)  # (b, l, n)
-    h = u.new_zeros(batch, dim, A.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
-    # With gradients, each chunk is recomputed in the backward pass: only its (b, d, T) and (b, T, n) inputs are
-    # kept, not the (b, d, T, n) intermediates, so training memory grows like the model's activations, not x n.
-    recompute = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, delta_bias, initial_state)
-    )
-    ys = []
-    for start in range(0, seq_len, chunk_size):
-        chunk = slice(start, start + chunk_size)
-        args = (dt[:, :, chunk], u[:, :, chunk].float(), Bt[:, chunk], Ct[:, chunk], A, h)
-        if recompute:
-            y, h = torch.utils.checkpoint.checkpoint(_scan_chunk_inputs, *args, use_reentrant=False)
-        else:
-            y, h = _scan_chunk_inputs(*args)
-        ys.append(y)
-    y = torch.cat(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0, dtype=torch.float32)
-    return _finish(y, u, D, z), h
-
-
-def initial_state_correction(
-    dt: torch.Tensor, A: torch.Tensor, C: torch.Tensor, initial_state: torch.Tensor, chunk_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """What a nonzero initial state h0 adds to a zero-start scan.
-
-    Args:
-        dt (`(b, d, l)`): the discretized step (after bias and softplus). A `(d, n)`; C `(b, n, l)`; h0 `(b, d, n)`.
-
-    Returns:
-        `(y_correction (b, d, l), carried (b, d, n))`: `C_t . (decay(0..t) h0)` before the D skip and the gate, and
-        `decay(0..l) h0`, the part of the final state that h0 contributes. Computed chunk by chunk so that the
-        `(b, d, chunk, n)` decay tensor, not `(b, d, l, n)`, bounds the memory.
-    """
-    A = A.float()
-    carried = initial_state.float()
-    outs = []
-    for start in range(0, dt.shape[-1], chunk_size):
-        chunk = slice(start, start + chunk_size)
-        decay = torch.exp(torch.cumsum(dt[:, :, chunk, None] * A[None, :, None, :], dim=2))  # (b, d, T, n)
-        outs.append(torch.einsum("bdtn,bdn,bnt->bdt", decay, carried, C[:, :, chunk].float()))
-        carried = decay[:, :, -1] * carried
-    y = torch.cat(outs, dim=-1) if outs else dt.new_zeros(dt.shape)
-    return y, carried
-
-
-def selective_scan_from_zero_with_correction(
-    scan_fn,
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-    initial_state: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A zero-start scan (`scan_fn`, mamba-ssm's `selective_scan_fn` signature) made to start from `initial_state`.
-
-    The correction is added before the gate: y = (scan_0 + D u + corr) * silu(z), so the zero-start scan is run with
-    `z=None` and the gate is applied here.
-    """
-    y0, last0 = scan_fn(u, delta, A, B, C, D, None, delta_bias, delta_softplus, True)
-    y = y0.float()
-    final_state = last0.float()
-    if initial_state is not None:
-        dt = _discretize(delta, delta_bias, delta_softplus)
-        correction, carried = initial_state_correction(dt, A, C, initial_state)
-        y = y + correction
-        final_state = final_state + carried
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y, final_state
-
-
-def _torch_zero_start_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    """`selective_scan_fn`-compatible torch scan from zero (used to test the correction on CPU)."""
-    y, h = selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return (y, h) if return_last_state else y
-
-
-def selective_scan_with_state(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch: mamba-ssm's CUDA scan plus the correction on CUDA when available, the chunked torch scan otherwise."""
-    if use_reference():
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, True, initial_state)
-    ops = mamba_ssm_ops(u)
-    if ops is not None:
-        report_path("Mamba-1 selective scan", "mamba-ssm selective_scan_fn + initial-state correction")
-        return selective_scan_from_zero_with_correction(
-            ops.selective_scan_fn,
-            u.contiguous(),
-            delta.contiguous(),
-            A,
-            B.contiguous(),
-            C.contiguous(),
-            D,
-            z,
-            delta_bias,
-            True,
-            initial_state,
-        )
-    report_path("Mamba-1 selective scan", "chunked torch", u)
-    return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, True, initial_state)
+def mamba_state_shapes(config: PretrainedConfig) -> StateShapes:
+    return (config.intermediate_size, config.conv_kernel), (config.intermediate_size, config.state_size)
 
 
 def mamba_mixer_forward_with_state(
@@ -275,14 +36,13 @@ def mamba_mixer_forward_with_state(
         hidden_states_in, conv_state, mixer.conv1d.weight, mixer.conv1d.bias, activation=mixer.activation
     )
 
-    # 3. Input-dependent dt, B, C (FalconMamba adds weightless RMS norms on them)
+    # 3. Input-dependent dt, B, C (FalconMamba normalizes them: `normalize_ssm_inputs`)
     time_step, B, C = torch.split(
         mixer.x_proj(hidden_states_in.transpose(1, 2)),
         [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
         dim=-1,
     )
-    if isinstance(mixer, FalconMambaMixer):
-        time_step, B, C = mixer.dt_layernorm(time_step), mixer.b_layernorm(B), mixer.c_layernorm(C)
+    time_step, B, C = mixer.normalize_ssm_inputs(time_step, B, C)
     time_step = mixer.dt_proj.weight @ time_step.transpose(1, 2)  # (b, d, l), bias added in the scan
     A = -torch.exp(mixer.A_log.float())
 
@@ -308,7 +68,14 @@ class StatefulMambaMixer(StatefulMixerMixin, MambaMixer):
     forward = force_accelerate_hooks(["conv1d", "dt_proj"])(StatefulMixerMixin.forward)
     segment_forward = mamba_mixer_forward_with_state
 
+    def normalize_ssm_inputs(self, time_step, B, C):
+        return time_step, B, C  # Mamba-1 uses them as projected
 
-class StatefulFalconMambaMixer(StatefulMixerMixin, FalconMambaMixer):
-    forward = force_accelerate_hooks(["conv1d", "dt_proj"])(StatefulMixerMixin.forward)
-    segment_forward = mamba_mixer_forward_with_state
+
+ARCHITECTURE = Architecture(
+    model_types=("mamba",),
+    display_name="Mamba",
+    lora_target_modules=("in_proj", "x_proj", "dt_proj"),
+    state_shapes=mamba_state_shapes,
+    stateful_mixers={MambaMixer: StatefulMambaMixer},
+)

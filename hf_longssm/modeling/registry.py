@@ -1,48 +1,22 @@
-"""The supported architectures, keyed by `model_type`, and how to find the model inside its wrappers."""
+"""The supported model families, collected from their files, and how to find the model inside its wrappers."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from . import falcon_mamba, mamba, mamba2
+from .base import Architecture, StateShapes
 
-@dataclass(frozen=True)
-class Architecture:
-    """What hf_longssm needs to know about one model family.
 
-    Args:
-        model_type (`str`): `config.model_type`.
-        lora_target_modules (`tuple[str, ...]`): default LoRA targets (peft refuses `out_proj` and `conv1d` on these
-            models and has no defaults of its own).
-    """
-
-    model_type: str
-    lora_target_modules: tuple[str, ...]
-
+FAMILIES: tuple[Architecture, ...] = (mamba.ARCHITECTURE, falcon_mamba.ARCHITECTURE, mamba2.ARCHITECTURE)
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
-    "mamba": Architecture("mamba", ("in_proj", "x_proj", "dt_proj")),
-    "falcon_mamba": Architecture("falcon_mamba", ("in_proj", "x_proj", "dt_proj")),
-    "mamba2": Architecture("mamba2", ("in_proj",)),
+    model_type: architecture for architecture in FAMILIES for model_type in architecture.model_types
 }
-
-
-def _stateful_classes() -> dict[type, type]:
-    # Imported here: the stateful mixers import the state module, which imports this one.
-    from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMixer
-    from transformers.models.mamba.modeling_mamba import MambaMixer
-    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
-
-    from .mamba import StatefulFalconMambaMixer, StatefulMambaMixer
-    from .mamba2 import StatefulMamba2Mixer
-
-    return {
-        MambaMixer: StatefulMambaMixer,
-        FalconMambaMixer: StatefulFalconMambaMixer,
-        Mamba2Mixer: StatefulMamba2Mixer,
-    }
+_STATEFUL_MIXERS: dict[type, type] = {
+    mixer: stateful for architecture in FAMILIES for mixer, stateful in architecture.stateful_mixers.items()
+}
 
 
 def unwrap_model(model: torch.nn.Module) -> PreTrainedModel:
@@ -58,10 +32,15 @@ def unwrap_model(model: torch.nn.Module) -> PreTrainedModel:
             raise TypeError(f"Expected a transformers model (possibly wrapped), got {type(model).__name__}.")
 
 
-def get_architecture(model_or_config) -> Architecture:
-    """The `Architecture` of a model or config, or a clear error naming the supported types."""
-    config = model_or_config if isinstance(model_or_config, PretrainedConfig) else unwrap_model(model_or_config).config
-    model_type = getattr(config, "model_type", None)
+def get_architecture(model_or_config: torch.nn.Module | PretrainedConfig | str) -> Architecture:
+    """The `Architecture` of a model, a config or a `model_type`, or a clear error naming the supported types."""
+    if isinstance(model_or_config, str):
+        model_type = model_or_config
+    else:
+        config = model_or_config
+        if not isinstance(config, PretrainedConfig):
+            config = unwrap_model(model_or_config).config
+        model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise ValueError(
             f"hf_longssm does not support model_type={model_type!r}. Supported model types: "
@@ -71,21 +50,9 @@ def get_architecture(model_or_config) -> Architecture:
     return SUPPORTED_ARCHITECTURES[model_type]
 
 
-def state_shapes(config: PretrainedConfig) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+def state_shapes(config: PretrainedConfig) -> list[StateShapes]:
     """Per layer, the `(conv_state, recurrent_state)` shapes without the batch dimension."""
-    get_architecture(config)
-    if config.model_type == "mamba2":
-        intermediate = int(config.expand * config.hidden_size)
-        conv_dim = intermediate + 2 * config.n_groups * config.state_size
-        shapes = ((conv_dim, config.conv_kernel), (config.num_heads, config.head_dim, config.state_size))
-        if config.num_heads * config.head_dim != intermediate:
-            raise ValueError(
-                f"Mamba-2 config has num_heads * head_dim = {config.num_heads * config.head_dim} but "
-                f"expand * hidden_size = {intermediate}; fix the config."
-            )
-    else:
-        shapes = ((config.intermediate_size, config.conv_kernel), (config.intermediate_size, config.state_size))
-    return [shapes] * config.num_hidden_layers
+    return [get_architecture(config).state_shapes(config)] * config.num_hidden_layers
 
 
 def prepare_model(model: torch.nn.Module) -> PreTrainedModel:
@@ -96,9 +63,8 @@ def prepare_model(model: torch.nn.Module) -> PreTrainedModel:
     """
     base = unwrap_model(model)
     get_architecture(base)
-    swaps = _stateful_classes()
     for module in base.modules():
-        stateful = swaps.get(type(module))
+        stateful = _STATEFUL_MIXERS.get(type(module))
         if stateful is not None:
             module.__class__ = stateful
     return base

@@ -1,16 +1,27 @@
-"""`forward_with_state`: one model call over a segment, from a carried state to the segment's final state."""
+"""`forward_with_state`: one model call over a segment, from a carried state to the segment's final state; and the
+one prefill loop (`iter_segments`) that reads a long input segment by segment, which every evaluation uses."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from ..state import CarriedState, SegmentStates
-from .registry import prepare_model, state_shapes
+from .modeling import SegmentStates, prepare_model, state_shapes
+from .state import CarriedState
 
 
-def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype) -> None:
+def _compute_dtypes(dtype: torch.dtype, device: torch.device) -> set[torch.dtype]:
+    """The dtypes a conv window may carry: the model's, and the autocast dtype while autocast is on."""
+    dtypes = {dtype}
+    if torch.is_autocast_enabled(device.type):
+        dtypes.add(torch.get_autocast_dtype(device.type))
+    return dtypes
+
+
+def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype, device: torch.device) -> None:
     expected = state_shapes(model.config)
     if state.num_layers != len(expected):
         raise ValueError(
@@ -29,10 +40,12 @@ def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype
                 f"Layer {layer_idx}: state shapes {tuple(conv.shape)} / {tuple(ssm.shape)} do not match the model "
                 f"({conv_shape} / {ssm_shape} per row)."
             )
-    if state.conv_states[0].dtype != dtype:
+    allowed = _compute_dtypes(dtype, device)
+    if state.conv_states[0].dtype not in allowed:
         raise ValueError(
-            f"The state's conv windows are {state.conv_states[0].dtype} but the model runs in {dtype}: "
-            f"use state.to(dtype={dtype}) or build the state from this model."
+            f"The state's conv windows are {state.conv_states[0].dtype} but the model runs in "
+            f"{' or '.join(sorted(str(d) for d in allowed))}: use state.to(dtype={dtype}) or build the state from "
+            "this model."
         )
 
 
@@ -66,6 +79,12 @@ def forward_with_state(
     Returns:
         `tuple(ModelOutput, CarriedState)`: the model's output (`logits`, `loss` when labels are given) and the final
         state of every layer (fresh tensors, still attached to the graph: call `.detach()` to cut it).
+
+    Precision: the final state has the initial state's dtypes, whatever precision the segment ran in. A zero state
+    has conv windows in the model's parameter dtype and SSM states in float32 (the scans compute in float32), so
+    under `torch.autocast` over float32 weights (`bf16=True` in the trainer) the windows stay float32 (holding the
+    bf16-rounded inputs exactly) and the SSM states lose nothing between segments; with bfloat16 weights the windows
+    are bfloat16. A state whose windows are neither the model's dtype nor the active autocast dtype is refused.
     """
     base = prepare_model(model)
     inputs_embeds = kwargs.get("inputs_embeds")
@@ -78,12 +97,12 @@ def forward_with_state(
     if attention_mask is not None and not bool(attention_mask.bool().all()):
         raise ValueError(
             "attention_mask has zeros: padding inside a carried segment changes the state. Feed unpadded streams "
-            "(hf_longssm.data lays documents out that way) or run padded rows without a carried state."
+            "(hf_longssm.training.data lays documents out that way) or run padded rows without a carried state."
         )
     if state is None:
         state = CarriedState.zeros(base, batch_size, device=reference.device, dtype=dtype)
     else:
-        _check_state(state, base, batch_size, dtype)
+        _check_state(state, base, batch_size, dtype, reference.device)
         if state.device != reference.device:
             state = state.to(device=reference.device)
 
@@ -103,6 +122,58 @@ def forward_with_state(
     if labels is not None:
         kwargs["labels"] = labels
 
-    segment = SegmentStates(state)
+    segment = SegmentStates(state.conv_states, state.recurrent_states)
     output = model(input_ids=input_ids, cache_params=segment, use_cache=False, **kwargs)
-    return output, segment.final_state()
+    return output, CarriedState(*segment.final_states(), config=state.config)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model.eval()` for the block, then the caller's mode back (a training loop that evaluates keeps training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def iter_segments(
+    model: torch.nn.Module,
+    input_ids: torch.LongTensor,
+    segment_length: int,
+    state: CarriedState | None = None,
+) -> Iterator[tuple[int, int, Any, CarriedState]]:
+    """Read `input_ids` in segments of `segment_length` tokens with the state carried: the prefill loop.
+
+    Memory is one segment's activations whatever the length. Call it under `torch.no_grad()` and `eval_mode(model)`
+    for evaluation.
+
+    Args:
+        model: a supported causal LM (or bare model).
+        input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): on the model's device.
+        segment_length (`int`): tokens per forward.
+        state (`CarriedState`, *optional*): the state before the first token; `None` means zeros.
+
+    Yields:
+        `(start, end, output, state)` per segment: its token span `[start, end)`, the model's output on it and the
+        state after it.
+    """
+    if segment_length < 1:
+        raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
+    for start in range(0, input_ids.shape[1], segment_length):
+        end = min(start + segment_length, input_ids.shape[1])
+        output, state = forward_with_state(model, input_ids[:, start:end], state)
+        yield start, end, output, state
+
+
+def prefill(
+    model: torch.nn.Module, input_ids: torch.LongTensor, segment_length: int, state: CarriedState | None = None
+) -> tuple[Any, CarriedState]:
+    """The last segment's output and the state after all of `input_ids`, read segment by segment."""
+    last = None
+    for last in iter_segments(model, input_ids, segment_length, state):  # noqa: B007 (the last segment is kept)
+        pass
+    if last is None:
+        raise ValueError("prefill needs at least one token.")
+    return last[2], last[3]

@@ -26,7 +26,7 @@ class DataCollatorForStatePassing:
         if len(lengths) != 1:
             raise ValueError(
                 f"Segments of different lengths {sorted(lengths)} in one batch: streams are never padded. "
-                "Build the dataset with hf_longssm.data.build_segment_dataset."
+                "Build the dataset with hf_longssm.training.data.build_segment_dataset."
             )
         input_ids = torch.stack([torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features])
         labels = torch.stack([torch.as_tensor(f["labels"], dtype=torch.long) for f in features])

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .interventions import INTERVENTIONS
 
-STATE_INITS = ("zero", "random_noise", "fitted_noise", "state_passing", "tbtt")
+
+STATE_INITS = tuple(INTERVENTIONS)
 _STATE_DTYPES = ("float32", "bfloat16", "float16")
 
 

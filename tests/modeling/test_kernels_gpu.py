@@ -1,6 +1,6 @@
 """The CUDA path (mamba-ssm, causal-conv1d) against the torch path: marked `gpu`, skipped without CUDA.
 
-Run on a GPU machine: `python -m pytest -m gpu tests/test_gpu.py -v`.
+Run on a GPU machine: `python -m pytest -m gpu tests/modeling/test_kernels_gpu.py -v`.
 """
 
 import os
@@ -11,8 +11,7 @@ import torch
 
 import hf_longssm as hl
 from hf_longssm.modeling import kernel_availability
-
-from .utils import MODEL_TYPES, tiny_model
+from tests.utils import MODEL_TYPES, tiny_model
 
 
 pytestmark = pytest.mark.gpu

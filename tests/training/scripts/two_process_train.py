@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 import hf_longssm as hl  # noqa: E402
 from tests.utils import tiny_model  # noqa: E402
 
@@ -22,7 +22,7 @@ class RecordingTrainer(hl.StatePassingTrainer):
                 "first_tokens": inputs["input_ids"][:, 0].tolist(),
                 "last_labels": inputs["labels"][:, -1].tolist(),
                 "loss": loss.item(),
-                "state_norm": self._carried.norms().tolist(),
+                "state_norm": self.intervention.carried.norms().tolist(),
             }
         )
         return loss

@@ -1,4 +1,5 @@
-"""The core guarantee: segments with a carried state reproduce one pass (fla-style chunked vs full)."""
+"""forward_with_state: segments with a carried state reproduce one pass (fla-style chunked vs full); bad input;
+the one prefill loop (`iter_segments`, `prefill`) and `eval_mode` that every evaluation uses."""
 
 import pytest
 import torch
@@ -6,9 +7,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hf_longssm as hl
+from hf_longssm import evaluation
 from hf_longssm.modeling import reference_scans
-
-from .utils import MODEL_TYPES, split_points, tiny_model
+from hf_longssm.tokenization import ByteTokenizer
+from tests.utils import MODEL_TYPES, run_segments, tiny_model
 
 
 SPLITS = {
@@ -20,12 +22,13 @@ SPLITS = {
 }
 
 
-def run_segments(model, ids, sizes, state=None, **kwargs):
-    logits = []
-    for start, end in split_points(ids.shape[1], sizes):
-        out, state = hl.forward_with_state(model, ids[:, start:end], state, **kwargs)
-        logits.append(out.logits)
-    return torch.cat(logits, dim=1), state
+_MODELS = {}
+
+
+def _cached_model(model_type):
+    if model_type not in _MODELS:
+        _MODELS[model_type] = tiny_model(model_type).eval()
+    return _MODELS[model_type]
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -127,64 +130,6 @@ def test_segment_losses_average_to_one_pass_loss(model_type):
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_reset_rows_start_fresh_while_others_continue(model_type):
-    model = tiny_model(model_type).eval()
-    ids = torch.randint(0, 64, (3, 60))
-    with torch.no_grad():
-        _, state = hl.forward_with_state(model, ids[:, :30])
-        out, _ = hl.forward_with_state(model, ids[:, 30:], state.reset(torch.tensor([True, False, True])))
-        fresh = model(ids[:, 30:]).logits
-        continued = model(ids).logits[:, 30:]
-    torch.testing.assert_close(out.logits[[0, 2]], fresh[[0, 2]], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.logits[1], continued[1], atol=1e-4, rtol=1e-4)
-    assert (out.logits[1] - fresh[1]).abs().max() > 1e-3  # the carried state mattered
-
-
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_permute_reorders_rows(model_type):
-    model = tiny_model(model_type).eval()
-    ids = torch.randint(0, 64, (3, 40))
-    index = torch.tensor([2, 0, 1])
-    with torch.no_grad():
-        _, state = hl.forward_with_state(model, ids[:, :20])
-        out, final = hl.forward_with_state(model, ids[index, 20:], state.permute(index))
-        ref, ref_final = hl.forward_with_state(model, ids[:, 20:], state)
-    torch.testing.assert_close(out.logits, ref.logits[index])
-    torch.testing.assert_close(final.recurrent_states[1], ref_final.recurrent_states[1][index])
-
-
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_to_cache_then_transformers_decode_matches(model_type):
-    model = tiny_model(model_type).eval()
-    ids = torch.randint(0, 64, (2, 48))
-    with torch.no_grad():
-        full = model(ids).logits
-        _, state = run_segments(model, ids[:, :40], [13, 27])
-        cache = state.to_cache()
-        steps = [model(ids[:, t : t + 1], cache_params=cache, use_cache=True).logits for t in range(40, 48)]
-        # ... and back: the cache after decoding is a CarriedState that continues exactly.
-        state_after = hl.CarriedState.from_cache(cache, model.config)
-        _, expected = hl.forward_with_state(model, ids, None)
-    torch.testing.assert_close(torch.cat(steps, 1), full[:, 40:48], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(
-        state_after.recurrent_states[0].float(), expected.recurrent_states[0], atol=1e-5, rtol=1e-4
-    )
-
-
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_generate_continues_from_carried_state(model_type):
-    model = tiny_model(model_type).eval()
-    ids = torch.randint(1, 64, (1, 30))
-    with torch.no_grad():
-        plain = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
-        out, state = hl.forward_with_state(model, ids[:, :-1])
-        continued = model.generate(
-            ids[:, -1:], cache_params=state.to_cache(), max_new_tokens=6, do_sample=False, pad_token_id=0
-        )
-    assert continued[0, 1:].tolist() == plain[0, 30:].tolist()
-
-
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_gradient_checkpointing_is_exact_with_detached_state(model_type):
     ids = torch.randint(0, 64, (2, 40))
 
@@ -216,10 +161,125 @@ def test_random_splits_property(model_type, sizes, batch):
     assert (seg - full).abs().max().item() < 1e-4
 
 
-_MODELS = {}
+@pytest.mark.parametrize("model_type", ["mamba", "mamba2"])
+def test_works_through_peft_and_ddp_style_wrappers(model_type):
+    peft = pytest.importorskip("peft")
+    model = tiny_model(model_type).eval()
+    ids = torch.randint(0, 64, (2, 30))
+    with torch.no_grad():
+        expected = model(ids).logits
+    targets = list(hl.SUPPORTED_ARCHITECTURES[model_type].lora_target_modules)
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    with torch.no_grad():
+        lora_full = wrapped(input_ids=ids).logits
+        out_a, state = hl.forward_with_state(wrapped, ids[:, :11])
+        out_b, _ = hl.forward_with_state(wrapped, ids[:, 11:], state)
+    assert (lora_full - expected).abs().max() > 1e-4  # LoRA is active ...
+    torch.testing.assert_close(torch.cat([out_a.logits, out_b.logits], 1), lora_full, atol=1e-4, rtol=1e-4)
+
+    class Wrapper(torch.nn.Module):  # what DDP / accelerate look like: the model sits in `.module`
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    with torch.no_grad():
+        out, _ = hl.forward_with_state(Wrapper(model), ids)  # get_peft_model injected LoRA into `model` itself
+    torch.testing.assert_close(out.logits, lora_full, atol=1e-4, rtol=1e-4)
 
 
-def _cached_model(model_type):
-    if model_type not in _MODELS:
-        _MODELS[model_type] = tiny_model(model_type).eval()
-    return _MODELS[model_type]
+def test_mismatched_state_is_refused_with_a_clear_message():
+    model = tiny_model("mamba2")
+    ids = torch.randint(0, 64, (2, 8))
+    with pytest.raises(ValueError, match="batch size 3 but input_ids has 2 rows"):
+        hl.forward_with_state(model, ids, hl.CarriedState.zeros(model, 3))
+    other = tiny_model("mamba2", num_hidden_layers=3)
+    with pytest.raises(ValueError, match="3 layers but the model has 2"):
+        hl.forward_with_state(model, ids, hl.CarriedState.zeros(other, 2))
+    with pytest.raises(ValueError, match="state.to\\(dtype"):
+        hl.forward_with_state(model, ids, hl.CarriedState.zeros(model, 2).to(dtype=torch.float64))
+    mamba1_state = hl.CarriedState.zeros(tiny_model("mamba"), 2)
+    with pytest.raises(ValueError, match="do not match the model"):
+        hl.forward_with_state(model, ids, mamba1_state)
+
+
+def test_padding_inside_a_segment_is_refused():
+    model = tiny_model("mamba")
+    ids = torch.randint(0, 64, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    out, _ = hl.forward_with_state(model, ids, attention_mask=mask)  # all ones is fine
+    mask[1, -2:] = 0
+    with pytest.raises(ValueError, match="padding inside a carried segment"):
+        hl.forward_with_state(model, ids, attention_mask=mask)
+
+
+def test_checkpointing_with_a_state_that_needs_grad_is_refused():
+    model = tiny_model("mamba2").train()
+    model.gradient_checkpointing_enable()
+    ids = torch.randint(0, 64, (1, 8))
+    _, state = hl.forward_with_state(model, ids)
+    with pytest.raises(ValueError, match="gradient_checkpointing=False"):
+        hl.forward_with_state(model, ids, state)  # not detached
+    hl.forward_with_state(model, ids, state.detach())
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_bare_models_without_lm_head(model_type):
+    model = tiny_model(model_type).eval()
+    backbone = model.backbone
+    ids = torch.randint(0, 64, (2, 30))
+    with torch.no_grad():
+        full = backbone(ids).last_hidden_state
+        a, state = hl.forward_with_state(backbone, ids[:, :12])
+        b, _ = hl.forward_with_state(backbone, ids[:, 12:], state)
+    torch.testing.assert_close(torch.cat([a.last_hidden_state, b.last_hidden_state], 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_iter_segments_covers_the_input_and_carries_the_state():
+    model = tiny_model("mamba2").eval()
+    ids = torch.randint(1, 64, (2, 23))
+    with torch.no_grad():
+        spans = [(start, end) for start, end, _, _ in hl.iter_segments(model, ids, 10)]
+        last, state = hl.prefill(model, ids, 10)
+        one_pass, one_pass_state = hl.forward_with_state(model, ids)
+    assert spans == [(0, 10), (10, 20), (20, 23)]
+    torch.testing.assert_close(last.logits, one_pass.logits[:, 20:], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(state.recurrent_states[0], one_pass_state.recurrent_states[0], atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_refuses_empty_input_and_zero_segment_length():
+    model = tiny_model("mamba2")
+    with pytest.raises(ValueError, match="at least one token"):
+        hl.prefill(model, torch.zeros(1, 0, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match="segment_length must be >= 1"):
+        hl.prefill(model, torch.ones(1, 4, dtype=torch.long), 0)
+
+
+def test_eval_mode_restores_the_callers_mode_even_on_error():
+    model = tiny_model("mamba").train()
+    with pytest.raises(RuntimeError):
+        with hl.eval_mode(model):
+            assert not model.training
+            raise RuntimeError("boom")
+    assert model.training
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda m, ids: evaluation.position_perplexity(m, ids, segment_length=8),
+        lambda m, ids: evaluation.restarted_position_nll(m, ids, window=8),
+        lambda m, ids: evaluation.effective_remembrance(m, ids, T=20, ts=[0, 4], segment_length=8),
+        lambda m, ids: evaluation.state_norms_by_position(m, ids, segment_length=8),
+        lambda m, ids: evaluation.passkey_retrieval(
+            m, ByteTokenizer(), lengths=[300], depths=[0.5], num_trials=1, segment_length=128
+        ),
+    ],
+    ids=["position_perplexity", "restarted_position_nll", "effective_remembrance", "state_norms", "passkey"],
+)
+def test_every_evaluation_leaves_a_training_model_in_training_mode(run):
+    model = tiny_model("mamba2", vocab_size=257).train()
+    run(model, torch.randint(1, 64, (2, 24)))
+    assert model.training

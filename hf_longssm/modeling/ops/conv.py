@@ -5,17 +5,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .kernels import causal_conv1d_ops, report_path
+
+def check_conv_activation(activation: str | None) -> None:
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"Unsupported conv activation {activation!r}; hf_longssm handles 'silu' (Mamba) or None.")
 
 
-def causal_conv1d_with_state(
+def next_conv_state(hidden_states: torch.Tensor, conv_state: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """The window after the segment: the last `kernel_size` columns of [old window, segment] (also right for a
+    segment shorter than the kernel). A fresh tensor, never a view of the input: the next segment may need the old
+    one."""
+    return torch.cat([conv_state.to(hidden_states.dtype), hidden_states], dim=-1)[..., -kernel_size:].contiguous()
+
+
+def causal_conv1d_ref(
     hidden_states: torch.Tensor,
     conv_state: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     activation: str | None = "silu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal depthwise convolution of a segment whose left context is `conv_state`.
+    """Causal depthwise convolution of a segment whose left context is `conv_state` (the torch path).
 
     Args:
         hidden_states (`torch.Tensor` of shape `(batch, dim, seq_len)`): the segment, channel-first as in transformers.
@@ -27,29 +37,12 @@ def causal_conv1d_with_state(
 
     Returns:
         `tuple(torch.Tensor, torch.Tensor)`: the activated conv output `(batch, dim, seq_len)` and the new conv state
-        `(batch, dim, kernel)`, a fresh tensor (never a view of the input: the next segment may need the old one).
+        `(batch, dim, kernel)`.
     """
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"Unsupported conv activation {activation!r}; hf_longssm handles 'silu' (Mamba) or None.")
+    check_conv_activation(activation)
     weight = weight.reshape(weight.shape[0], -1)
-    kernel_size = weight.shape[-1]
     seq_len = hidden_states.shape[-1]
-    # The window after the segment: the last `kernel` columns of [old window, segment] (also right for seq_len < K).
-    new_conv_state = torch.cat([conv_state.to(hidden_states.dtype), hidden_states], dim=-1)[..., -kernel_size:]
-    new_conv_state = new_conv_state.contiguous()
-
-    ops = causal_conv1d_ops(hidden_states)
-    if ops is not None:
-        report_path("causal conv1d", "causal-conv1d kernel")
-        # causal_conv1d_fn takes initial states only in channel-last layout (stride 1 along channels).
-        x = hidden_states.transpose(1, 2).contiguous().transpose(1, 2)
-        initial_states = conv_state[..., 1:].to(hidden_states.dtype).transpose(1, 2).contiguous().transpose(1, 2)
-        out = ops.causal_conv1d_fn(
-            x, weight, bias, initial_states=initial_states, activation="silu" if activation else None
-        )
-        return out, new_conv_state
-
-    report_path("causal conv1d", "torch", hidden_states)
+    new_conv_state = next_conv_state(hidden_states, conv_state, weight.shape[-1])
     full = torch.cat([conv_state[..., 1:].to(hidden_states.dtype), hidden_states], dim=-1)
     out = F.conv1d(full.to(weight.dtype), weight.unsqueeze(1), bias, groups=weight.shape[0])[..., -seq_len:]
     if activation is not None:

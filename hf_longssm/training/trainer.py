@@ -8,15 +8,18 @@ from typing import Any
 
 import torch
 from torch.utils.data import SequentialSampler
-from transformers import AutoModelForCausalLM, Trainer
+from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..forward import forward_with_state
+from ..hub import render_model_card
+from ..loading import load_model
+from ..modeling import get_architecture, kernel_availability, prepare_model, unwrap_model
 from .collator import DataCollatorForStatePassing
 from .config import StatePassingConfig
 from .data import SegmentDataset, build_segment_dataset
-from .modeling import forward_with_state, get_architecture, kernel_availability, prepare_model, unwrap_model
-from .state import CarriedState, FittedNoiseStats
+from .interventions import INTERVENTIONS
 
 
 logger = logging.get_logger(__name__)
@@ -48,7 +51,7 @@ class StatePassingTrainer(Trainer):
         args ([`StatePassingConfig`], *optional*): the configuration.
         data_collator (*optional*): defaults to [`DataCollatorForStatePassing`].
         train_dataset: whole documents (`input_ids` of any length, or `text` with a tokenizer as `processing_class`),
-            a `datasets` dataset (map-style or streaming), or a dataset from `hf_longssm.data`.
+            a `datasets` dataset (map-style or streaming), or a dataset from `hf_longssm.training.data`.
         eval_dataset (*optional*): the same kinds; evaluated segment by segment from a zero state.
         processing_class (*optional*): the tokenizer (its EOS joins documents).
         peft_config (`peft.PeftConfig`, *optional*): wrap the model with LoRA; the target modules default to the
@@ -76,7 +79,7 @@ class StatePassingTrainer(Trainer):
 
         # 2. Model: supported architecture, stateful mixers, optional LoRA
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model)
+            model = load_model(model)
         get_architecture(model)
         if peft_config is not None:
             model = apply_default_lora_targets(model, peft_config)
@@ -117,11 +120,10 @@ class StatePassingTrainer(Trainer):
             **kwargs,
         )
 
-        # 4. Carried state, statistics and metrics, per process
-        self._carried: CarriedState | None = None
-        self._fitted_stats = FittedNoiseStats(base.config.num_hidden_layers)
-        self._noise_generator = torch.Generator().manual_seed(args.seed + self.args.process_index)
-        self._state_dtype = getattr(torch, args.state_dtype)
+        # 4. The intervention (carried state, fitted statistics, noise generator) and metrics, per process
+        self.intervention = INTERVENTIONS[args.state_init](
+            args, base.config.num_hidden_layers, seed=args.seed + self.args.process_index
+        )
         self._metrics: dict[str, list[float]] = defaultdict(list)
         if hasattr(base, "add_model_tags"):
             base.add_model_tags(self._tag_names + [args.state_init.replace("_", "-")])
@@ -130,68 +132,9 @@ class StatePassingTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.state_init == "tbtt" and isinstance(dataset, SegmentDataset):
-            # Streams must stay on their rows: read segments in order (see hf_longssm.data).
+            # Streams must stay on their rows: read segments in order (see hf_longssm.training.data).
             return SequentialSampler(dataset)
         return super()._get_train_sampler(train_dataset)
-
-    # ----- the initial state -----------------------------------------------------------------------------------
-    def _zeros(self, model, batch_size, device):
-        return CarriedState.zeros(model, batch_size, device=device, state_dtype=self._state_dtype)
-
-    def _initial_state(self, model, inputs: dict[str, torch.Tensor]) -> CarriedState:
-        input_ids = inputs["input_ids"]
-        batch_size, device = input_ids.shape[0], input_ids.device
-        method = self.args.state_init
-        if method == "zero":
-            return self._zeros(model, batch_size, device)
-        if method == "random_noise":
-            return CarriedState.random_noise(
-                model,
-                batch_size,
-                self.args.noise_std,
-                generator=self._noise_generator,
-                device=device,
-                state_dtype=self._state_dtype,
-            )
-        if method == "fitted_noise":
-            if self.state.global_step < self.args.fitted_noise_warmup_steps or self._fitted_stats.is_empty:
-                return self._zeros(model, batch_size, device)
-            return CarriedState.fitted_noise(
-                model,
-                batch_size,
-                self._fitted_stats,
-                generator=self._noise_generator,
-                device=device,
-                state_dtype=self._state_dtype,
-            )
-        previous = self._carried
-        if method == "state_passing":
-            if previous is None or previous.batch_size != batch_size:
-                return self._zeros(model, batch_size, device)  # first step, or a short last batch
-            return previous.to(device=device)
-        # tbtt: continue each row's own stream
-        if previous is None:
-            return self._zeros(model, batch_size, device)
-        if previous.batch_size != batch_size:
-            raise ValueError(
-                f"TBTT carries one state per stream, but the batch changed from {previous.batch_size} to "
-                f"{batch_size} rows. Keep per_device_train_batch_size fixed and dataloader_drop_last=True."
-            )
-        reset = inputs["segment_index"] == 0
-        if self.args.reset_state_on_eos:
-            reset = reset | inputs["reset_mask"]
-        return previous.to(device=device).reset(reset)
-
-    def _after_segment(self, final_state: CarriedState) -> None:
-        if self.args.state_init in ("state_passing", "tbtt"):
-            self._carried = final_state
-        if self.args.state_init == "fitted_noise" and (
-            self.args.fitted_noise_update == "running" or self.state.global_step < self.args.fitted_noise_warmup_steps
-        ):
-            self._fitted_stats.update(final_state)
-        if self.args.log_state_norms:
-            for layer_idx, norm in enumerate(final_state.norms().tolist()):
-                self._metrics[f"state_norm/layer_{layer_idx}"].append(norm)
 
     # ----- loss ------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -204,15 +147,19 @@ class StatePassingTrainer(Trainer):
             kwargs["num_items_in_batch"] = num_items_in_batch
 
         if model.training:
-            state = self._initial_state(model, inputs)
+            state = self.intervention.initial_state(model, inputs, self.state.global_step)
         else:  # evaluation: every segment from zero, the training state untouched
-            state = self._zeros(model, inputs["input_ids"].shape[0], inputs["input_ids"].device)
+            state = self.intervention.zeros(model, inputs["input_ids"].shape[0], inputs["input_ids"].device)
         outputs, final_state = forward_with_state(
             model, inputs["input_ids"], state, shift_labels=shift_labels, **kwargs
         )
         if model.training:
             # Gradients stop at the segment boundary (TBTT / state passing); the graph is freed with the step.
-            self._after_segment(final_state.detach())
+            final_state = final_state.detach()
+            self.intervention.observe(final_state, self.state.global_step)
+            if self.args.log_state_norms:
+                for layer_idx, norm in enumerate(final_state.norms().tolist()):
+                    self._metrics[f"state_norm/layer_{layer_idx}"].append(norm)
         loss = outputs.loss
         if self.args.average_tokens_across_devices and kwargs:
             loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
@@ -228,11 +175,8 @@ class StatePassingTrainer(Trainer):
     def _state_payload(self) -> dict:
         return {
             "state_init": self.args.state_init,
-            "carried": None if self._carried is None else self._carried.state_dict(),
-            "batch_size": None if self._carried is None else self._carried.batch_size,
-            "fitted_stats": self._fitted_stats.state_dict(),
-            "noise_generator": self._noise_generator.get_state(),
             "global_step": self.state.global_step,
+            **self.intervention.state_dict(),
         }
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -273,11 +217,7 @@ class StatePassingTrainer(Trainer):
             )
         if payload["state_init"] != self.args.state_init:
             logger.warning(f"Resuming a {payload['state_init']} checkpoint with state_init={self.args.state_init}.")
-        config = unwrap_model(self.model).config
-        if payload["carried"] is not None:
-            self._carried = CarriedState.from_state_dict(payload["carried"], config).to(device=self.args.device)
-        self._fitted_stats = FittedNoiseStats.from_state_dict(payload["fitted_stats"])
-        self._noise_generator.set_state(payload["noise_generator"])
+        self.intervention.load_state_dict(payload, unwrap_model(self.model).config, self.args.device)
 
     # ----- model card ------------------------------------------------------------------------------------------
     def create_model_card(
@@ -298,7 +238,6 @@ class StatePassingTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
-        from .hub import render_model_card
 
         config = unwrap_model(self.model).config
         args = self.args

@@ -7,11 +7,12 @@ import torch
 from datasets import Dataset
 
 import hf_longssm as hl
-
-from .utils import tiny_model
+from tests.utils import tiny_model
 
 
 GROUPS, PER, IN_GROUP = 4, 4, 0.5
+
+
 VOCAB = 2 + GROUPS + GROUPS * PER
 
 
@@ -98,23 +99,9 @@ def test_every_state_init_trains_and_changes_parameters(tmp_path, method):
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     assert "state_norm/layer_1" in trainer.state.log_history[0]
     if method in ("state_passing", "tbtt"):
-        assert trainer._carried is not None and trainer._carried.norms().min() > 0
+        assert trainer.intervention.carried is not None and trainer.intervention.carried.norms().min() > 0
     if method == "fitted_noise":
-        assert not trainer._fitted_stats.is_empty
-
-
-def test_tbtt_rows_continue_their_streams():
-    """Row b at step k+1 holds the segment right after row b at step k (the data layout TBTT relies on)."""
-    docs = [list(range(1, 200)), list(range(300, 420)), list(range(500, 700))]
-    dataset = hl.data.SegmentDataset(docs, segment_length=10, num_streams=4, eos_token_id=0)
-    collate = hl.DataCollatorForStatePassing()
-    step0 = collate([dataset[i] for i in range(4)])
-    step1 = collate([dataset[i] for i in range(4, 8)])
-    flat = dataset.streams
-    for row in range(4):
-        assert step1["input_ids"][row, 0] == flat[row, 10]
-        assert step0["labels"][row, -1] == step1["input_ids"][row, 0]  # the boundary prediction is kept
-    assert step0["reset_mask"].all() and (step0["segment_index"] == 0).all()
+        assert not trainer.intervention.fitted_stats.is_empty
 
 
 @pytest.mark.parametrize("method", ["tbtt", "random_noise"])
@@ -203,17 +190,6 @@ def test_bad_input_gets_clear_errors(tmp_path):
         )
 
 
-def test_streaming_dataset_shorter_than_a_segment_is_a_clear_error():
-    streaming = Dataset.from_dict({"input_ids": [[1, 2, 3]] * 4}).to_iterable_dataset()
-    segments = hl.data.build_segment_dataset(streaming, segment_length=64, num_streams=2, eos_token_id=0)
-    with pytest.raises(ValueError, match="streaming dataset ended before"):
-        list(segments)
-    long_enough = Dataset.from_dict({"input_ids": [list(range(1, 40))] * 4}).to_iterable_dataset()
-    items = list(hl.data.build_segment_dataset(long_enough, segment_length=16, num_streams=2, eos_token_id=0))
-    assert len(items) >= 4 and [it["stream"] for it in items[:4]] == [0, 1, 0, 1]
-    assert torch.equal(items[0]["labels"][-1:], items[2]["input_ids"][:1])
-
-
 def test_streaming_documents_train_with_tbtt(tmp_path):
     streaming = Dataset.from_dict({"input_ids": key_documents(40, 64, seed=3)}).to_iterable_dataset()
     model = tiny_model("mamba2", vocab_size=VOCAB)
@@ -222,7 +198,7 @@ def test_streaming_documents_train_with_tbtt(tmp_path):
     )
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    assert len(losses) == 4 and trainer._carried.batch_size == 16
+    assert len(losses) == 4 and trainer.intervention.carried.batch_size == 16
 
 
 def test_lora_through_the_trainer_saves_and_merges(tmp_path):

@@ -1,0 +1,170 @@
+"""Imports flow one way: check the layer rule statically, then import every module first in a fresh interpreter.
+
+    python .ci/check_imports.py
+
+1. Static: every `hf_longssm` import (at any depth, in any function) goes to a module of the same or a lower layer
+   (ARCHITECTURE.md); an import of our own code inside a function is reported too (no lazy imports for cycles).
+2. Dynamic: each module is imported first in a fresh process (forked after importing torch and transformers), and
+   all of them in forward and reverse order: an import cycle or an import-order dependence fails here.
+Exit status 1 on any violation, with one line per problem.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PACKAGE = ROOT / "hf_longssm"
+
+# Lower layers first; a module may import its own layer and those below. Longest prefix wins.
+LAYERS = {
+    "hf_longssm.modeling.ops": 0.0,
+    "hf_longssm.modeling.kernels": 0.1,
+    "hf_longssm.modeling.base": 0.1,
+    "hf_longssm.modeling.mamba": 0.2,
+    "hf_longssm.modeling.falcon_mamba": 0.2,
+    "hf_longssm.modeling.mamba2": 0.2,
+    "hf_longssm.modeling.registry": 0.3,
+    "hf_longssm.modeling": 0.4,
+    "hf_longssm.state": 1,
+    "hf_longssm.forward": 2,
+    "hf_longssm.tokenization": 3,
+    "hf_longssm.corpus": 3,
+    "hf_longssm.versions": 3,
+    "hf_longssm.loading": 4,
+    "hf_longssm.sources": 4,
+    "hf_longssm.hub": 4,
+    "hf_longssm.training": 5,
+    "hf_longssm.evaluation": 6,
+    "hf_longssm.cli": 7,
+    "hf_longssm.__main__": 8,
+    "hf_longssm": 8,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer(module: str) -> float:
+    matches = [prefix for prefix in LAYERS if module == prefix or module.startswith(prefix + ".")]
+    if not matches:
+        raise SystemExit(f"{module} has no layer in .ci/check_imports.py: add it (and to ARCHITECTURE.md).")
+    return LAYERS[max(matches, key=len)]
+
+
+def modules() -> list[Path]:
+    # The `evaluate` module scripts are loaded by `evaluate.load`, not imported as part of the package.
+    return sorted(p for p in PACKAGE.rglob("*.py") if "evaluation/modules/" not in p.relative_to(PACKAGE).as_posix()
+                  or p.name == "__init__.py")  # fmt: skip
+
+
+def imported(path: Path) -> list[tuple[str, int, bool]]:
+    """(`hf_longssm` module imported, line, inside a function) for every import of our own code in `path`."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    functions = {
+        id(node): True
+        for fn in ast.walk(tree)
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(fn)
+    }
+    out = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            # `from . import x` imports the submodule x when there is one.
+            targets = [
+                f"{stem}.{alias.name}" if (PACKAGE.parent / f"{stem}.{alias.name}".replace(".", "/")).exists()
+                or (PACKAGE.parent / (f"{stem}.{alias.name}".replace(".", "/") + ".py")).exists() else stem
+                for alias in node.names
+            ]  # fmt: skip
+        for target in targets:
+            if target == "hf_longssm" or target.startswith("hf_longssm."):
+                out.append((target, node.lineno, id(node) in functions))
+    return out
+
+
+def static_check() -> list[str]:
+    problems = []
+    for path in modules():
+        name = module_name(path)
+        for target, line, in_function in imported(path):
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if layer(target) > layer(name):
+                problems.append(f"{where}: {name} (layer {layer(name)}) imports {target} (layer {layer(target)})")
+            if in_function:
+                problems.append(f"{where}: {name} imports {target} inside a function (import it at the top)")
+    return problems
+
+
+def _import_in_child(names: list[str]) -> str | None:
+    """Fork, import `names` in order in the child with none of our modules loaded, and report the error."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read)
+        message = b""
+        for loaded in [m for m in sys.modules if m == "hf_longssm" or m.startswith("hf_longssm.")]:
+            del sys.modules[loaded]  # a parent that imported us already (pytest) must not hide an order problem
+        try:
+            for name in names:
+                importlib.import_module(name)
+        except BaseException as err:  # noqa: BLE001 (any failure is the finding)
+            message = f"{type(err).__name__}: {err}".encode()
+        os.write(write, message)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return message or None
+
+
+def dynamic_check() -> list[str]:
+    # Third-party packages are imported once in the parent; each child then imports our modules in a fresh order.
+    for heavy in ("torch", "transformers", "transformers.trainer", "datasets", "accelerate", "huggingface_hub"):
+        importlib.import_module(heavy)
+    # `__main__` modules run the command line when imported: they are checked statically only.
+    names = [module_name(p) for p in modules() if p.stem != "__main__"]
+    jobs = {f"import {n} first": [n] for n in names}
+    jobs["all modules, forward order"] = names
+    jobs["all modules, reverse order"] = list(reversed(names))
+    problems = []
+    for job, order in jobs.items():
+        error = _import_in_child(order)
+        if error is not None:
+            problems.append(f"{job}: {error}")
+    return problems
+
+
+def main() -> int:
+    problems = static_check()
+    problems += dynamic_check()
+    for problem in problems:
+        print(problem)
+    count = len(modules())
+    print(f"check_imports: {count} modules, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

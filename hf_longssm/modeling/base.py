@@ -1,0 +1,84 @@
+"""What every model family declares (`Architecture`) and the machinery its stateful mixer shares.
+
+A family file (`mamba.py`, `falcon_mamba.py`, `mamba2.py`) provides one `ARCHITECTURE` with:
+
+* `model_types`: the `config.model_type` values it serves;
+* `display_name`: how cards and logs name it;
+* `lora_target_modules`: default LoRA targets whose adapters train (peft has no defaults for these models);
+* `state_shapes(config)`: per layer, the `(conv_state, recurrent_state)` shapes without the batch dimension, in
+  transformers' own `DynamicCache` layout;
+* `stateful_mixers`: `{transformers mixer class: stateful subclass}`; the subclass mixes in `StatefulMixerMixin`
+  and defines `segment_forward(hidden_states, conv_state, recurrent_state) -> (output, conv_state, recurrent_state)`.
+
+`registry.py` only collects the families: adding one means adding its file and naming it there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PretrainedConfig
+
+
+StateShapes = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What hf_longssm needs to know about one model family (see the module docstring)."""
+
+    model_types: tuple[str, ...]
+    display_name: str
+    lora_target_modules: tuple[str, ...]
+    state_shapes: Callable[[PretrainedConfig], StateShapes]
+    stateful_mixers: dict[type, type] = field(default_factory=dict)
+
+
+class SegmentStates:
+    """What the stateful mixers read and write during one segment, passed to the model as `cache_params`.
+
+    Initial states are only read; final states go to separate slots as fresh tensors (nothing is written in place,
+    so a tensor autograd saved is never modified). Under gradient checkpointing the recomputation reads the same
+    initial states and overwrites the slots with equal values, so it stays exact.
+
+    Args:
+        conv_states, recurrent_states (`Sequence[torch.Tensor]`): the initial state of every layer.
+    """
+
+    def __init__(self, conv_states: Sequence[torch.Tensor], recurrent_states: Sequence[torch.Tensor]):
+        self.conv_states, self.recurrent_states = list(conv_states), list(recurrent_states)
+        self.final_conv: list[torch.Tensor | None] = [None] * len(self.conv_states)
+        self.final_recurrent: list[torch.Tensor | None] = [None] * len(self.recurrent_states)
+
+    def run_layer(self, mixer, hidden_states: torch.Tensor) -> torch.Tensor:
+        idx = mixer.layer_idx
+        initial_recurrent = self.recurrent_states[idx]
+        out, conv, ssm = mixer.segment_forward(hidden_states, self.conv_states[idx], initial_recurrent)
+        # The final state keeps the initial state's dtypes: under autocast the conv window comes out in the autocast
+        # dtype, and a state must stay valid for the next segment whatever precision this one ran in.
+        self.final_conv[idx] = conv.to(self.conv_states[idx].dtype)
+        self.final_recurrent[idx] = ssm.to(initial_recurrent.dtype)
+        return out
+
+    def final_states(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """`(conv_states, recurrent_states)` after the segment, one per layer."""
+        missing = [i for i, s in enumerate(self.final_recurrent) if s is None]
+        if missing:
+            raise RuntimeError(f"Layers {missing} did not run through hf_longssm's stateful mixer.")
+        return list(self.final_conv), list(self.final_recurrent)
+
+
+class StatefulMixerMixin:
+    """Serve `SegmentStates` passed as `cache_params`; otherwise behave exactly as transformers' mixer, so
+    `generate()`, saving and loading are unchanged.
+
+    Subclasses set `segment_forward` and wrap `forward` with transformers' `force_accelerate_hooks` for the child
+    modules whose weights the mixer reads directly.
+    """
+
+    def forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+        if isinstance(cache_params, SegmentStates):
+            return cache_params.run_layer(self, hidden_states)
+        return super().forward(hidden_states, cache_params=cache_params, attention_mask=attention_mask, **kwargs)

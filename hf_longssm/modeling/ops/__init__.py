@@ -1,0 +1,33 @@
+"""Kernel-free maths of the three state-carrying paths, each beside its step-by-step torch reference.
+
+* `selective_scan`: Mamba-1 / FalconMamba (`selective_scan_ref`, `selective_scan_chunked`, and the exact
+  initial-state correction that turns a zero-start kernel into a scan from a carried state);
+* `ssd`: Mamba-2 (`ssd_scan_ref`, `ssd_chunk_scan`);
+* `conv`: the causal depthwise conv over [carried window, segment] (`causal_conv1d_ref`);
+* `common`: the discretised step and the stable segment sums they share.
+"""
+
+from .common import discretize, segsum
+from .conv import causal_conv1d_ref, check_conv_activation, next_conv_state
+from .selective_scan import (
+    initial_state_correction,
+    selective_scan_chunked,
+    selective_scan_from_zero_with_correction,
+    selective_scan_ref,
+)
+from .ssd import ssd_chunk_scan, ssd_scan_ref
+
+
+__all__ = [
+    "causal_conv1d_ref",
+    "check_conv_activation",
+    "discretize",
+    "initial_state_correction",
+    "next_conv_state",
+    "segsum",
+    "selective_scan_chunked",
+    "selective_scan_from_zero_with_correction",
+    "selective_scan_ref",
+    "ssd_chunk_scan",
+    "ssd_scan_ref",
+]

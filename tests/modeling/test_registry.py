@@ -1,0 +1,53 @@
+"""The family registry: every family file declares everything, the registry collects it, bad types are refused."""
+
+import pytest
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import hf_longssm as hl
+from hf_longssm.modeling import SUPPORTED_ARCHITECTURES, StatefulMixerMixin, get_architecture, state_shapes
+from hf_longssm.modeling.registry import FAMILIES
+from tests.utils import MODEL_TYPES, tiny_config, tiny_model
+
+
+def test_unsupported_model_names_supported_types():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
+    with pytest.raises(ValueError, match=r"does not support model_type='gpt2'.*falcon_mamba.*mamba2"):
+        hl.forward_with_state(gpt2, None)
+    with pytest.raises(ValueError, match="does not support model_type='llama'"):
+        get_architecture("llama")
+
+
+def test_registry_collects_each_family_once_by_model_type():
+    assert sorted(SUPPORTED_ARCHITECTURES) == sorted(MODEL_TYPES)
+    assert {get_architecture(t).display_name for t in MODEL_TYPES} == {"Mamba", "FalconMamba", "Mamba-2"}
+    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 3
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_prepare_model_swaps_every_mixer_for_the_family_subclass(model_type):
+    model = tiny_model(model_type)
+    mixers = [m for m in model.modules() if type(m) in get_architecture(model).stateful_mixers]
+    assert len(mixers) == model.config.num_hidden_layers
+    hl.prepare_model(model)
+    hl.prepare_model(model)  # idempotent
+    swapped = [m for m in model.modules() if isinstance(m, StatefulMixerMixin)]
+    assert len(swapped) == model.config.num_hidden_layers
+    assert {type(m) for m in swapped} == set(get_architecture(model).stateful_mixers.values())
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_state_shapes_match_transformers_cache(model_type):
+    import torch
+
+    model = tiny_model(model_type).eval()
+    with torch.no_grad():
+        out = model(torch.randint(0, 64, (2, 5)), use_cache=True)
+        cache = out.cache_params if hasattr(out, "cache_params") else out.past_key_values
+    for layer_idx, (conv_shape, ssm_shape) in enumerate(state_shapes(tiny_config(model_type))):
+        assert tuple(cache.get_conv_state(layer_idx).shape[1:]) == conv_shape
+        assert tuple(cache.get_recurrent_state(layer_idx).shape[1:]) == ssm_shape
+
+
+def test_lora_defaults_are_declared_per_family():
+    assert get_architecture("mamba2").lora_target_modules == ("in_proj",)
+    assert "in_proj" in get_architecture("mamba").lora_target_modules

@@ -1,0 +1,87 @@
+"""The one place names become models and tokenizers."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from hf_longssm import loading
+from hf_longssm.loading import load_model, load_tokenizer, resolve_model, resolve_tokenizer
+from hf_longssm.tokenization import ByteTokenizer
+from tests.utils import tiny_model
+
+
+@pytest.fixture()
+def word_tokenizer_dir(tmp_path):
+    """A real tokenizer saved with `save_pretrained`, built here (no Hub)."""
+    vocab = {"<eos>": 0, "[UNK]": 1, "to": 2, "be": 3, "or": 4, "not": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="[UNK]").save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def test_byte_gives_the_byte_tokenizer():
+    assert isinstance(load_tokenizer("byte"), ByteTokenizer)
+
+
+def test_a_folder_saved_with_the_byte_tokenizer_gives_the_byte_tokenizer(tmp_path):
+    ByteTokenizer().save_pretrained(tmp_path)
+    assert isinstance(load_tokenizer(str(tmp_path)), ByteTokenizer)
+
+
+def test_a_saved_tokenizer_folder_goes_through_auto_tokenizer(word_tokenizer_dir):
+    tokenizer = load_tokenizer(word_tokenizer_dir)
+    assert tokenizer("to be or not to be")["input_ids"] == [2, 3, 4, 5, 2, 3]
+    assert tokenizer.eos_token_id == 0
+
+
+def test_the_neox_name_gives_the_offline_neox_tokenizer(monkeypatch):
+    sentinel = object()
+    monkeypatch.setattr(loading, "neox_tokenizer", lambda: sentinel)
+    assert load_tokenizer("hf_longssm/gpt-neox-20b") is sentinel
+
+
+def test_load_model_reads_a_saved_model(tmp_path):
+    model = tiny_model("mamba2", vocab_size=257)
+    model.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    assert type(loaded) is type(model)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_load_model_passes_from_pretrained_kwargs(tmp_path):
+    tiny_model("mamba", vocab_size=64).save_pretrained(tmp_path)
+    assert load_model(str(tmp_path), dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize("given", ["both", "neither"])
+def test_resolve_model_needs_exactly_one_of_model_and_model_id(given):
+    kwargs = {"model": tiny_model("mamba2"), "model_id": "x"} if given == "both" else {}
+    with pytest.raises(ValueError, match="exactly one of model= .* or model_id="):
+        resolve_model(**kwargs)
+
+
+def test_resolve_model_returns_the_live_model_in_eval_mode():
+    model = tiny_model("mamba2").train()
+    assert resolve_model(model) is model and not model.training
+
+
+def test_resolve_model_loads_a_path_in_float32_by_default(tmp_path):
+    tiny_model("mamba2").to(torch.float64).save_pretrained(tmp_path)
+    model = resolve_model(model_id=str(tmp_path))
+    assert model.dtype == torch.float32 and not model.training
+
+
+def test_resolve_tokenizer_passes_a_tokenizer_object_through():
+    tokenizer = ByteTokenizer()
+    assert resolve_tokenizer(tokenizer, model_id="ignored") is tokenizer
+
+
+def test_resolve_tokenizer_defaults_to_the_model_s(word_tokenizer_dir):
+    assert resolve_tokenizer(None, model_id=word_tokenizer_dir)("not")["input_ids"] == [5]
+
+
+def test_resolve_tokenizer_needs_a_name():
+    with pytest.raises(ValueError, match="Pass tokenizer="):
+        resolve_tokenizer()
