@@ -11,7 +11,7 @@ install:
 	$(PIP) -c requirements/constraints.txt -e ".[test]"
 
 demo: install
-	$(PYTHON) recipes/demo.py --output_dir outputs/demo
+	$(PYTHON) -m hf_longssm demo --output_dir outputs/demo
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from .modeling import get_architecture
+from .versions import CARD_PACKAGES, package_versions
 
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -17,28 +19,36 @@ METHODS = {
     "state_passing": ("State Passing", "the final state of the previous batch (a different sequence)"),
     "tbtt": ("TBTT", "the final state of the previous segment of the same stream"),
 }
-ARCHITECTURES = {"mamba": "Mamba", "mamba2": "Mamba-2", "falcon_mamba": "FalconMamba"}
 
 
-def _versions() -> str:
-    names = ["hf-longssm", "transformers", "torch", "accelerate", "datasets", "peft"]
-    lines = []
-    for name in names:
-        try:
-            lines.append(f"- {name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "\n".join(lines)
+def results_table(buckets: dict[str, list[dict]], metric: str = "perplexity", fmt: str = "{:.3f}") -> str:
+    """Markdown table of one metric: one row per position bucket, one column per model.
 
+    Args:
+        buckets (`dict[str, list[dict]]`): per model (the column title), its buckets, each with `start`, `end` and
+            `metric`; every model has the same buckets.
+        metric (`str`, *optional*, defaults to `"perplexity"`): the key read from each bucket, named in the header.
+        fmt (`str`, *optional*, defaults to `"{:.3f}"`): how a value is written.
 
-def results_table(buckets: dict[str, list[dict]]) -> str:
-    """Markdown table: one row per position bucket, one column per model."""
+    Example:
+        >>> print(results_table({"sp": [{"start": 0, "end": 32, "bits_per_byte": -0.0049}]}, metric="bits_per_byte"))
+        | positions (bits_per_byte) | sp |
+        |---|---|
+        | [0, 32) | -0.005 |
+    """
+    if not buckets:
+        raise ValueError("results_table needs the buckets of at least one model.")
     names = list(buckets)
-    rows = ["| positions | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    rows = [f"| positions ({metric}) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for i, bucket in enumerate(buckets[names[0]]):
-        cells = [f"{buckets[n][i]['perplexity']:.3f}" for n in names]
+        cells = [fmt.format(buckets[n][i][metric]) for n in names]
         rows.append(f"| [{bucket['start']}, {bucket['end']}) | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _framework_versions() -> str:
+    """The card's "Framework versions": one `- name version` line per installed package of `CARD_PACKAGES`."""
+    return "\n".join(f"- {name} {version}" for name, version in package_versions(CARD_PACKAGES).items())
 
 
 def render_model_card(
@@ -60,16 +70,19 @@ def render_model_card(
     table: str | None = None,
     plot: str | None = None,
     dataset_name: str = "held-out text",
+    adapter: bool = False,
 ) -> ModelCard:
     """A `huggingface_hub.ModelCard` with front matter (tags, base_model, model-index) and the standard body.
 
     Args:
         results (`list[dict]`, *optional*): this model's `{"start", "end", "perplexity"}` buckets, put into the
             `model-index` as one perplexity value per position bucket.
+        adapter (`bool`, *optional*, defaults to `False`): the folder holds a PEFT adapter, not full weights: the
+            card keeps peft's fields (`library_name: peft`, `base_model`) and its quick start loads with peft.
     """
     if state_init not in METHODS:
         raise ValueError(f"Unknown state_init {state_init!r}.")
-    architecture = ARCHITECTURES.get(model_type, model_type)
+    architecture = get_architecture(model_type).display_name
     eval_results = None
     if results:
         eval_results = [
@@ -86,11 +99,12 @@ def render_model_card(
     card_data = ModelCardData(
         language="en",
         license=license,
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
         base_model=base_model if base_model and "/" in base_model and not Path(base_model).exists() else None,
         datasets=datasets,
-        tags=["hf_longssm", "state-passing", state_init.replace("_", "-"), model_type, "length-generalization"],
+        tags=["hf_longssm", "state-passing", state_init.replace("_", "-"), model_type, "length-generalization"]
+        + (["lora"] if adapter else []),
         model_name=model_name,
         eval_results=eval_results,
     )
@@ -111,7 +125,8 @@ def render_model_card(
         learning_rate=learning_rate,
         results_table=table,
         plot=plot,
-        versions=_versions(),
+        versions=_framework_versions(),
+        adapter=adapter,
     )
 
 

@@ -182,7 +182,16 @@ class CarriedState:
     # ----- transformers' cache ----------------------------------------------------------------------------------
     def to_cache(self, config: PretrainedConfig | None = None) -> DynamicCache:
         """The model's own `DynamicCache`, filled with this state: `generate()` and one-token decoding continue
-        from it (pass it as `cache_params=` / `past_key_values=`)."""
+        from it.
+
+        Pass it as `cache_params=`: transformers 5.23's Mamba, FalconMamba and Mamba-2 models take the cache under
+        that name in `forward` and `generate` (`past_key_values=` is refused by `generate` as an unused kwarg).
+        Feed the next token only: the cache already holds everything before it.
+
+        Example:
+            >>> _, state = forward_with_state(model, input_ids[:, :-1])
+            >>> model.generate(input_ids[:, -1:], cache_params=state.to_cache(), max_new_tokens=20)
+        """
         config = config if config is not None else self.config
         if config is None:
             raise ValueError("to_cache needs the model config: pass `config=model.config`.")

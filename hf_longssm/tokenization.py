@@ -1,36 +1,45 @@
-"""A byte-level tokenizer that needs no files: models trained here read any text as bytes."""
+"""A byte-level tokenizer that needs no files: models trained here read any text as bytes.
+
+It is a transformers `PreTrainedTokenizerFast` over a `tokenizers` byte-level model with no merges, so it saves a
+`tokenizer.json` that `AutoTokenizer.from_pretrained(output_dir)` loads back, on any machine, without hf_longssm.
+"""
 
 from __future__ import annotations
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
-class ByteTokenizer:
-    """Token id = byte value + 1; id 0 is EOS (and pad, as in Mamba configs). Vocabulary: 257 ids.
 
-    Implements the part of the transformers tokenizer interface hf_longssm uses (`__call__`, `decode`,
-    `eos_token_id`), so the trainer, the evaluation and the passkey task take it like any tokenizer.
+# Token id = byte value + 1; id 0 is EOS (and pad, as in Mamba configs).
+BYTE_VOCAB_SIZE = 257
+EOS_TOKEN = "<eos>"
+# Folders saved by hf_longssm before the tokenizer became a transformers one hold only this marker file.
+LEGACY_MARKER_FILE = "hf_longssm_tokenizer.json"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters, the alphabet of byte-level `tokenizers` models."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """The byte tokenizer: id = UTF-8 byte + 1, id 0 = `<eos>` (EOS and pad), 257 ids, no files needed.
+
+    Example:
+        >>> tokenizer = byte_tokenizer()
+        >>> tokenizer("hi", add_special_tokens=False)["input_ids"]
+        [105, 106]
     """
-
-    eos_token_id = 0
-    pad_token_id = 0
-    eos_token = "<eos>"
-    vocab_size = 257
-
-    def __call__(self, text: str | list[str], add_special_tokens: bool = False, **kwargs) -> dict:
-        if isinstance(text, list):
-            return {"input_ids": [self(t)["input_ids"] for t in text]}
-        return {"input_ids": [b + 1 for b in text.encode("utf-8")]}
-
-    def decode(self, ids, skip_special_tokens: bool = True, **kwargs) -> str:
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        return bytes(i - 1 for i in ids if 0 < i < 257).decode("utf-8", errors="replace")
-
-    def save_pretrained(self, save_directory, **kwargs) -> tuple[str]:
-        """Write a marker file so a saved model says how its ids map to text (Trainer saves the tokenizer)."""
-        import json
-        import os
-
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, "hf_longssm_tokenizer.json")
-        with open(path, "w") as f:
-            json.dump({"tokenizer_class": "hf_longssm.tokenization.ByteTokenizer", "eos_token_id": 0}, f)
-        return (path,)
+    vocab = {EOS_TOKEN: 0} | {char: byte + 1 for byte, char in _bytes_to_unicode().items()}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import hf_longssm as hl
 from hf_longssm import evaluation
 from hf_longssm.modeling import reference_scans
-from hf_longssm.tokenization import ByteTokenizer
+from hf_longssm.tokenization import byte_tokenizer
 from tests.utils import MODEL_TYPES, run_segments, tiny_model
 
 
@@ -274,7 +274,7 @@ def test_eval_mode_restores_the_callers_mode_even_on_error():
         lambda m, ids: evaluation.effective_remembrance(m, ids, T=20, ts=[0, 4], segment_length=8),
         lambda m, ids: evaluation.state_norms_by_position(m, ids, segment_length=8),
         lambda m, ids: evaluation.passkey_retrieval(
-            m, ByteTokenizer(), lengths=[300], depths=[0.5], num_trials=1, segment_length=128
+            m, byte_tokenizer(), lengths=[300], depths=[0.5], num_trials=1, segment_length=128
         ),
     ],
     ids=["position_perplexity", "restarted_position_nll", "effective_remembrance", "state_norms", "passkey"],

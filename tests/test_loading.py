@@ -7,7 +7,7 @@ from transformers import PreTrainedTokenizerFast
 
 from hf_longssm import loading
 from hf_longssm.loading import load_model, load_tokenizer, resolve_model, resolve_tokenizer
-from hf_longssm.tokenization import ByteTokenizer
+from hf_longssm.tokenization import byte_tokenizer
 from tests.utils import tiny_model
 
 
@@ -21,13 +21,29 @@ def word_tokenizer_dir(tmp_path):
     return str(tmp_path)
 
 
+TEXT = "To be, or not to be: wörds ✓\n"
+BYTE_IDS = [b + 1 for b in TEXT.encode("utf-8")]
+
+
 def test_byte_gives_the_byte_tokenizer():
-    assert isinstance(load_tokenizer("byte"), ByteTokenizer)
+    tokenizer = load_tokenizer("byte")
+    assert tokenizer(TEXT, add_special_tokens=False)["input_ids"] == BYTE_IDS
+    assert tokenizer.eos_token_id == 0 and len(tokenizer) == 257
 
 
-def test_a_folder_saved_with_the_byte_tokenizer_gives_the_byte_tokenizer(tmp_path):
-    ByteTokenizer().save_pretrained(tmp_path)
-    assert isinstance(load_tokenizer(str(tmp_path)), ByteTokenizer)
+def test_a_saved_byte_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    byte_tokenizer().save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").is_file()
+    for tokenizer in (AutoTokenizer.from_pretrained(tmp_path), load_tokenizer(str(tmp_path))):
+        assert tokenizer(TEXT, add_special_tokens=False)["input_ids"] == BYTE_IDS
+        assert tokenizer.decode(BYTE_IDS) == TEXT and tokenizer.eos_token_id == 0
+
+
+def test_a_folder_of_an_older_byte_model_gives_the_byte_tokenizer(tmp_path):
+    (tmp_path / "hf_longssm_tokenizer.json").write_text('{"eos_token_id": 0}')
+    assert load_tokenizer(str(tmp_path))(TEXT, add_special_tokens=False)["input_ids"] == BYTE_IDS
 
 
 def test_a_saved_tokenizer_folder_goes_through_auto_tokenizer(word_tokenizer_dir):
@@ -74,7 +90,7 @@ def test_resolve_model_loads_a_path_in_float32_by_default(tmp_path):
 
 
 def test_resolve_tokenizer_passes_a_tokenizer_object_through():
-    tokenizer = ByteTokenizer()
+    tokenizer = byte_tokenizer()
     assert resolve_tokenizer(tokenizer, model_id="ignored") is tokenizer
 
 

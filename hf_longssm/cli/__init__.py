@@ -1,15 +1,44 @@
-"""`hf-longssm` entry point: `hf-longssm eval ...` is `python -m hf_longssm.evaluate ...`."""
+"""The `hf-longssm` command: `hf-longssm <command> [options]`, also `python -m hf_longssm <command> ...`.
+
+Every command is a module of this package with a `main(argv)`; `COMMANDS` is the one map from names to modules.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from types import ModuleType
+
+from . import demo, eval, train
+
+
+COMMANDS: dict[str, ModuleType] = {"train": train, "eval": eval, "demo": demo}
+# Other names accepted for a command (`hf-longssm evaluate` is older than `hf-longssm eval`).
+ALIASES: dict[str, str] = {"evaluate": "eval"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: it only lists the commands; each command parses its own options."""
+    parser = argparse.ArgumentParser(
+        prog="hf-longssm",
+        description="Carried-state post-training and long-context evaluation for Mamba-family models.",
+        epilog="`hf-longssm <command> --help` lists a command's options.",
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="<command>")
+    aliases = {name: [a for a, target in ALIASES.items() if target == name] for name in COMMANDS}
+    for name, module in COMMANDS.items():
+        commands.add_parser(name, aliases=aliases[name], help=module.__doc__.splitlines()[0], add_help=False)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run `hf-longssm <command> ...` (`argv` defaults to the command line); no command prints the usage, exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("eval", "evaluate"):
-        print("usage: hf-longssm eval --model <id or path> --task position_ppl|passkey|effrem|state_norms ...")
-        raise SystemExit(2)
-    from .evaluate import main as evaluate_main
-
-    evaluate_main(argv[1:])
+    name = ALIASES.get(argv[0], argv[0]) if argv else None
+    if name not in COMMANDS:
+        parser = build_parser()
+        parser.parse_args(argv[:1])  # `--help` (exit 0), an unknown command (exit 2)
+        parser.print_usage(sys.stderr)
+        parser.exit(2, f"{parser.prog}: error: give a command: {', '.join(COMMANDS)}\n")
+    # The console script exits with what `main` returns: None, i.e. status 0.
+    COMMANDS[name].main(argv[1:])

@@ -92,6 +92,6 @@ class RecipeParser(HfArgumentParser):
 
 
 def load_model_config_json(value: str) -> dict:
-    """`model_config` from a JSON file path or a JSON string."""
-    path = Path(value)
-    return json.loads(path.read_text() if path.is_file() else value)
+    """`model_config` from a JSON string (it starts with `{`) or a JSON file path."""
+    # Decided by the first character: a long JSON string is no valid path (`Path.is_file` raises on it).
+    return json.loads(value if value.lstrip().startswith("{") else Path(value).read_text())

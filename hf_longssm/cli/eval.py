@@ -1,4 +1,6 @@
-"""Command line: `python -m hf_longssm.evaluate --model <id or path> [<id or path> ...] --task <task> ...`.
+"""Evaluate models far past their training context: perplexity by position, passkey, remembrance, state norms.
+
+    hf-longssm eval --model <id or path> [<id or path> ...] --task <task> [--data <files or dataset>] ...
 
 Tasks: `position_ppl` (perplexity by position), `passkey`, `effrem` (effective remembrance), `state_norms`.
 Writes `<output_dir>/<task>.json` (with the command, versions and model ids; an existing file is never
@@ -8,23 +10,25 @@ overwritten: a numbered name is used) and PNG plots; several models go into one 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
 import math
-import platform
 import shlex
 import sys
 from pathlib import Path
 
 import torch
 
-from . import evaluation
-from .evaluation.loading import resolve_model, resolve_tokenizer
-from .evaluation.text import documents_to_input_ids
-from .hub import results_table
+from .. import evaluation
+from ..evaluation.text import documents_to_input_ids
+from ..hub import results_table
+from ..loading import resolve_model, resolve_tokenizer
+from ..sources import OFFLINE_SHAKESPEARE, get_source
+from ..versions import package_versions
+from .results import free_path, plot_eval, write_json
 
 
 TASKS = ("position_ppl", "passkey", "effrem", "state_norms")
+# Recorded in every results file: what the numbers depend on.
+RESULT_PACKAGES = ("python", "hf-longssm", "torch", "transformers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         nargs="+",
-        default=["hf_longssm/offline-shakespeare"],
-        help="text files, a Hub dataset id, or hf_longssm/offline-shakespeare (held-out plays).",
+        default=[OFFLINE_SHAKESPEARE],
+        help=f"text files (one document each), a Hub dataset id, or {OFFLINE_SHAKESPEARE} (held-out plays).",
     )
-    p.add_argument("--split", default="test", help="split of a Hub dataset")
+    p.add_argument(
+        "--split", default=None, help="split of the dataset (default: 'test' for a Hub dataset, 'held_out' offline)"
+    )
     p.add_argument("--length", type=int, default=16384, help="tokens per sequence (position_ppl, effrem, norms)")
     p.add_argument("--num_sequences", type=int, default=8)
     p.add_argument("--segment_length", type=int, default=4096)
@@ -54,38 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _documents(args):
-    if args.data == ["hf_longssm/offline-shakespeare"]:
-        from .corpus import load_offline_books
+def load_eval_documents(data: list[str], split: str | None = None):
+    """The documents of `--data`: local files (each one document, whatever its extension) or one dataset name.
 
-        return load_offline_books()["held_out"]
-    if all(Path(d).is_file() for d in args.data):
-        return [Path(d).read_text(encoding="utf-8") for d in args.data]
-    import datasets
-
-    return datasets.load_dataset(args.data[0], split=args.split, streaming=True)
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in ("hf-longssm", "torch", "transformers"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    Args:
+        data (`list[str]`): file paths, or one dataset name (a Hub id, streamed, or an offline corpus).
+        split (`str`, *optional*): the dataset's split; defaults to the source's evaluation split.
+    """
+    missing = [d for d in data if not Path(d).is_file()]
+    if not missing:
+        source = get_source(data_files=data, file_format="text")
+    elif len(data) == 1:
+        source = get_source(dataset_name=data[0])
+    else:
+        raise ValueError(f"--data takes local files or one dataset name; not files: {missing}.")
+    return source.load(split=split or source.eval_split, streaming=True)
 
 
-def _free_path(path: Path) -> Path:
-    """`path`, or `path` with a number added when it exists: results already written are never lost."""
-    candidate, n = path, 1
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        n += 1
-    return candidate
-
-
-def run_task(args, model_id: str, input_ids: torch.Tensor | None):
+def run_task(args: argparse.Namespace, model_id: str, input_ids: torch.Tensor | None) -> dict:
+    """One model's results for `args.task` (JSON-ready)."""
     model = resolve_model(model_id=model_id, device=args.device)
     if args.task == "position_ppl":
         res = evaluation.position_perplexity(model, input_ids, args.segment_length, progress=True)
@@ -108,83 +101,32 @@ def run_task(args, model_id: str, input_ids: torch.Tensor | None):
     }
 
 
-def plot(task: str, results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if task == "passkey":
-        fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False, layout="constrained")
-        for ax, (name, res) in zip(axes[0], results.items()):
-            lengths = sorted({c["length"] for c in res["cells"]})
-            depths = sorted({c["depth"] for c in res["cells"]})
-            grid = [
-                [next(c["accuracy"] for c in res["cells"] if c["length"] == n and c["depth"] == d) for n in lengths]
-                for d in depths
-            ]
-            im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
-            ax.set_xticks(range(len(lengths)), lengths)
-            ax.set_yticks(range(len(depths)), depths)
-            ax.set_xlabel("prompt length (tokens)")
-            ax.set_ylabel("key depth")
-            ax.set_title(Path(name).name)
-        fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
-    else:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name, res in results.items():
-            if task == "position_ppl":
-                xs = [math.sqrt(max(b["start"], 1) * b["end"]) for b in res["buckets"]]
-                ax.plot(xs, [b["perplexity"] for b in res["buckets"]], marker="o", label=Path(name).name)
-                ax.set_ylabel("perplexity")
-            elif task == "state_norms":
-                for layer in range(len(res["norms"][0])):
-                    ax.plot(res["positions"], [n[layer] for n in res["norms"]], label=f"{Path(name).name} L{layer}")
-                ax.set_ylabel("SSM state norm")
-            else:
-                ts = sorted(int(t) for t in res["effrem"])
-                ax.plot(
-                    [max(t, 1) for t in ts], [res["effrem"][str(t)] for t in ts], marker="o", label=Path(name).name
-                )
-                ax.set_ylabel(f"EffRem_T(t), T={res['T']}")
-        ax.set_xscale("log")
-        ax.set_xlabel("token position" if task != "effrem" else "t")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> Path:
+    """Run `hf-longssm eval` and return the path of the results JSON."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     input_ids = None
     if args.task != "passkey":
         tokenizer = resolve_tokenizer(args.tokenizer, args.model[0])
-        input_ids = documents_to_input_ids(_documents(args), tokenizer, args.length, args.num_sequences)
+        documents = load_eval_documents(args.data, args.split)
+        input_ids = documents_to_input_ids(documents, tokenizer, args.length, args.num_sequences)
     results = {model_id: run_task(args, model_id, input_ids) for model_id in args.model}
-    command = "python -m hf_longssm.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
     payload = {
         "task": args.task,
-        "command": command,
-        "versions": _versions(),
+        "command": "hf-longssm eval " + shlex.join(argv),
+        "versions": package_versions(RESULT_PACKAGES),
         "models": list(args.model),
         "input_shape": None if input_ids is None else list(input_ids.shape),
         "results": results,
     }
-    json_path = _free_path(out / f"{args.task}.json")
-    json_path.write_text(json.dumps(payload, indent=2))
+    json_path = write_json(payload, out / f"{args.task}.json")
     if args.task == "position_ppl":
         table = results_table({Path(m).name: r["buckets"] for m, r in results.items()})
-        _free_path(out / "position_ppl.md").write_text(table + "\n")
+        free_path(out / "position_ppl.md").write_text(table + "\n")
         print(table)
     if not args.no_plot:
-        plot(args.task, results, _free_path(out / f"{args.task}.png"))
+        plot_eval(args.task, results, free_path(out / f"{args.task}.png"))
     print(f"wrote {json_path}")
     return json_path
-
-
-if __name__ == "__main__":
-    main()

@@ -75,7 +75,9 @@ class StatefulMambaMixer(StatefulMixerMixin, MambaMixer):
 ARCHITECTURE = Architecture(
     model_types=("mamba",),
     display_name="Mamba",
-    lora_target_modules=("in_proj", "x_proj", "dt_proj"),
+    # Not `dt_proj`: the mixer reads `dt_proj.weight` directly (transformers' forward too), so a LoRA adapter there
+    # would get no gradient and merging one would change the output.
+    lora_target_modules=("in_proj", "x_proj"),
     state_shapes=mamba_state_shapes,
     stateful_mixers={MambaMixer: StatefulMambaMixer},
 )

@@ -16,6 +16,7 @@ from ..forward import forward_with_state
 from ..hub import render_model_card
 from ..loading import load_model
 from ..modeling import get_architecture, kernel_availability, prepare_model, unwrap_model
+from ..sources import is_offline
 from .collator import DataCollatorForStatePassing
 from .config import StatePassingConfig
 from .data import SegmentDataset, build_segment_dataset
@@ -55,7 +56,7 @@ class StatePassingTrainer(Trainer):
         eval_dataset (*optional*): the same kinds; evaluated segment by segment from a zero state.
         processing_class (*optional*): the tokenizer (its EOS joins documents).
         peft_config (`peft.PeftConfig`, *optional*): wrap the model with LoRA; the target modules default to the
-            architecture's (`in_proj`, `x_proj`, `dt_proj` for Mamba; `in_proj` for Mamba-2).
+            architecture's (`in_proj`, `x_proj` for Mamba and FalconMamba; `in_proj` for Mamba-2).
     """
 
     _tag_names = ["hf_longssm", "state-passing"]
@@ -241,8 +242,9 @@ class StatePassingTrainer(Trainer):
 
         config = unwrap_model(self.model).config
         args = self.args
+        peft_config = getattr(self.model, "peft_config", {}).get("default")
         if base_model is None:
-            name = getattr(config, "_name_or_path", "") or ""
+            name = getattr(peft_config, "base_model_name_or_path", None) or getattr(config, "_name_or_path", "") or ""
             base_model = name if name.count("/") == 1 and not os.path.exists(name) else None
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         card = render_model_card(
@@ -256,9 +258,8 @@ class StatePassingTrainer(Trainer):
             learning_rate=args.learning_rate,
             repo_id=args.hub_model_id,
             base_model=base_model,
-            datasets=[dataset_name]
-            if dataset_name and "/" in dataset_name and "offline" not in dataset_name
-            else None,
+            adapter=peft_config is not None,
+            datasets=[dataset_name] if dataset_name and "/" in dataset_name and not is_offline(dataset_name) else None,
             results=results,
             table=table,
             plot=plot,

@@ -5,7 +5,7 @@ import torch
 
 from hf_longssm import evaluation
 from hf_longssm.evaluation.modules import available_modules, load
-from hf_longssm.tokenization import ByteTokenizer
+from hf_longssm.tokenization import byte_tokenizer
 from tests.utils import tiny_model
 
 
@@ -15,7 +15,7 @@ def saved_model(tmp_path, monkeypatch):
     model = tiny_model("mamba2", vocab_size=257)
     path = tmp_path / "tiny"
     model.save_pretrained(path)
-    ByteTokenizer().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
     return model, str(path)
 
 
@@ -45,7 +45,7 @@ def test_position_perplexity_module_refuses_rows_of_different_lengths(saved_mode
 def test_passkey_module_uses_the_tokenizer_saved_with_the_model(saved_model):
     model, path = saved_model
     out = load("passkey_retrieval").compute(lengths=[200, 260], depths=[0.5], model_id=path, num_trials=1)
-    direct = evaluation.passkey_retrieval(model, ByteTokenizer(), [200, 260], [0.5], num_trials=1)
+    direct = evaluation.passkey_retrieval(model, byte_tokenizer(), [200, 260], [0.5], num_trials=1)
     assert out["results"] == direct
     assert out["accuracy"] == sum(r["accuracy"] for r in direct) / 2
 

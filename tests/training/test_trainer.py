@@ -199,26 +199,3 @@ def test_streaming_documents_train_with_tbtt(tmp_path):
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) == 4 and trainer.intervention.carried.batch_size == 16
-
-
-def test_lora_through_the_trainer_saves_and_merges(tmp_path):
-    peft = pytest.importorskip("peft")
-    model = tiny_model("mamba", vocab_size=VOCAB)
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train = Dataset.from_dict({"input_ids": key_documents(60, 64, seed=1)})
-    args = config(tmp_path, "state_passing", max_steps=5, learning_rate=1e-2)
-    trainer = hl.StatePassingTrainer(model=model, args=args, train_dataset=train, peft_config=peft.LoraConfig(r=4))
-    assert set(trainer.model.peft_config["default"].target_modules) == {"in_proj", "x_proj", "dt_proj"}
-    trainer.train()
-    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
-    trainer.save_model(str(tmp_path / "adapter"))
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    ids = torch.tensor(key_documents(2, 40, seed=5))
-    with torch.no_grad():
-        adapted = hl.forward_with_state(trainer.model, ids)[0].logits
-        merged = trainer.model.merge_and_unload()
-        after_merge = hl.forward_with_state(merged, ids)[0].logits
-    torch.testing.assert_close(adapted, after_merge, atol=1e-4, rtol=1e-4)
-    changed = [n for n, p in merged.named_parameters() if not torch.equal(p, frozen[n])]
-    assert changed and all(any(t in n for t in ("in_proj", "x_proj", "dt_proj")) for n in changed)

@@ -4,7 +4,7 @@ import datasets
 import evaluate
 
 from hf_longssm.evaluation import passkey_retrieval
-from hf_longssm.evaluation.loading import resolve_model, resolve_tokenizer
+from hf_longssm.loading import resolve_model, resolve_tokenizer
 
 
 _DESCRIPTION = """

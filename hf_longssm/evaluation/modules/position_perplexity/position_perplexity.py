@@ -5,7 +5,7 @@ import evaluate
 import torch
 
 from hf_longssm.evaluation import log_buckets, position_perplexity
-from hf_longssm.evaluation.loading import resolve_model
+from hf_longssm.loading import resolve_model
 
 
 _DESCRIPTION = """

@@ -1,0 +1,7 @@
+"""`python -m hf_longssm.cli <command> ...`: the `hf-longssm` command."""
+
+from hf_longssm.cli import main
+
+
+if __name__ == "__main__":
+    main()
