@@ -92,6 +92,10 @@ def forward_with_state(
     if reference is None:
         raise ValueError("Pass input_ids (or inputs_embeds).")
     batch_size = reference.shape[0]
+    if reference.shape[1] == 0:
+        raise ValueError("The segment has no tokens (input_ids of length 0): give at least one token per segment.")
+    if input_ids is not None and not input_ids.is_cuda:  # on CUDA the check would sync the host every segment
+        check_token_ids(input_ids, base.get_input_embeddings().num_embeddings)
     dtype = base.get_input_embeddings().weight.dtype if inputs_embeds is None else inputs_embeds.dtype
 
     if attention_mask is not None and not bool(attention_mask.bool().all()):
@@ -125,6 +129,15 @@ def forward_with_state(
     segment = SegmentStates(state.conv_states, state.recurrent_states)
     output = model(input_ids=input_ids, cache_params=segment, use_cache=False, **kwargs)
     return output, CarriedState(*segment.final_states(), config=state.config)
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """A clear error for token ids outside `[0, vocab_size)` (the embedding would raise an index error)."""
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise ValueError(
+            f"Token ids must be in [0, {vocab_size}) for this model's embedding; got ids from {int(input_ids.min())} "
+            f"to {int(input_ids.max())}. Was the data tokenized with another tokenizer?"
+        )
 
 
 @contextlib.contextmanager

@@ -59,9 +59,27 @@ class TextFiles(DataSource):
     files: tuple[str, ...]
 
     def load(self, split: str = "train", config: str | None = None, streaming: bool = False) -> Any:
-        from datasets import Dataset
+        from datasets import load_dataset
 
-        return Dataset.from_dict({"text": [Path(f).read_text(encoding="utf-8") for f in self.files]})
+        try:
+            return load_dataset("text", data_files=list(self.files), sample_by="document", split="train")
+        except Exception as err:
+            undecodable = [f for f in self.files if not _is_utf8(f)]
+            if undecodable:
+                # Refused rather than decoded with replacement characters: the model would learn them as text.
+                raise ValueError(
+                    f"{undecodable[0]} is not UTF-8 text ({len(undecodable)} such file(s)). Convert it first, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {undecodable[0]} > converted.txt`."
+                ) from err
+            raise
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -111,10 +129,21 @@ def get_source(
         file_format (`str`, *optional*): `"text"` (one document per file) or `"json"` (one per row); by default
             `"text"` when every file ends in `.txt`, else `"json"`.
     """
+    if isinstance(data_files, (str, Path)):
+        data_files = [data_files]  # one file given as a string (YAML `data_files: notes.txt`)
     if data_files:
         files = tuple(str(f) for f in data_files)
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"data_files not found: {missing}.")
         if file_format is None:
-            file_format = "text" if all(f.endswith(".txt") for f in files) else "json"
+            kinds = {"text" if f.endswith(".txt") else "json" if f.endswith((".json", ".jsonl")) else f for f in files}
+            if len(kinds) != 1 or not kinds <= set(FILE_FORMATS):
+                raise ValueError(
+                    f"data_files mix or use unknown formats ({sorted(kinds)}): give only .txt files (one document "
+                    "each) or only .json/.jsonl files (one document per row), in separate runs or a merged file."
+                )
+            file_format = kinds.pop()
         if file_format not in FILE_FORMATS:
             raise ValueError(f"Unknown file_format {file_format!r}; choose from {sorted(FILE_FORMATS)}.")
         return FILE_FORMATS[file_format](files)
@@ -122,6 +151,8 @@ def get_source(
         raise ValueError(f"Give dataset_name (a Hub id or one of {sorted(OFFLINE_CORPORA)}) or data_files.")
     if is_offline(dataset_name):
         return OFFLINE_CORPORA[dataset_name]
+    if dataset_name.startswith((".", "/", "~")) and not Path(dataset_name).expanduser().exists():
+        raise FileNotFoundError(f"dataset_name {dataset_name!r} looks like a local path and was not found.")
     return HubDataset(dataset_name)
 
 

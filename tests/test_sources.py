@@ -75,11 +75,12 @@ def test_the_text_format_reads_any_file_as_one_document(tmp_path):
     assert sources.load_documents(data_files=[str(path)], file_format="text")["text"] == ['{"text": "row one"}\n']
 
 
-def test_data_files_win_over_a_dataset_name(tmp_path, hub_calls):
+def test_data_files_win_over_a_dataset_name(tmp_path):
     path = tmp_path / "a.txt"
     path.write_text("local")
-    assert sources.load_documents("org/long-texts", data_files=[str(path)])["text"] == ["local"]
-    assert hub_calls == []
+    source = sources.get_source("org/long-texts", data_files=[str(path)])
+    assert isinstance(source, sources.TextFiles)
+    assert source.load()["text"] == ["local"]
 
 
 def test_a_hub_dataset_is_loaded_with_its_config_split_and_streaming(hub_calls):
@@ -93,5 +94,6 @@ def test_no_dataset_and_no_files_is_an_error_naming_the_offline_corpus():
 
 
 def test_an_unknown_file_format_is_an_error(tmp_path):
+    (tmp_path / "a.csv").write_text("a,b")
     with pytest.raises(ValueError, match="Unknown file_format 'csv'; choose from \\['json', 'text'\\]"):
         sources.get_source(data_files=[str(tmp_path / "a.csv")], file_format="csv")

@@ -31,6 +31,21 @@ TASKS = ("position_ppl", "passkey", "effrem", "state_norms")
 RESULT_PACKAGES = ("python", "hf-longssm", "torch", "transformers")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count or a length of 0 would evaluate nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-longssm eval", description=__doc__.splitlines()[0])
     p.add_argument("--model", nargs="+", required=True, help="Hub ids or local paths; several make a comparison.")
@@ -45,15 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split", default=None, help="split of the dataset (default: 'test' for a Hub dataset, 'held_out' offline)"
     )
-    p.add_argument("--length", type=int, default=16384, help="tokens per sequence (position_ppl, effrem, norms)")
-    p.add_argument("--num_sequences", type=int, default=8)
-    p.add_argument("--segment_length", type=int, default=4096)
-    p.add_argument("--bucket_start", type=int, default=1, help="first log-spaced bucket edge")
-    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096], help="passkey prompt lengths")
+    p.add_argument(
+        "--length", type=positive_int, default=16384, help="tokens per sequence (position_ppl, effrem, norms)"
+    )
+    p.add_argument("--num_sequences", type=positive_int, default=8)
+    p.add_argument("--segment_length", type=positive_int, default=4096)
+    p.add_argument("--bucket_start", type=positive_int, default=1, help="first log-spaced bucket edge")
+    p.add_argument(
+        "--lengths", type=positive_int, nargs="+", default=[1024, 2048, 4096], help="passkey prompt lengths"
+    )
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    p.add_argument("--num_trials", type=int, default=3)
-    p.add_argument("--T", type=int, default=None, help="effrem: context length (default --length)")
-    p.add_argument("--ts", type=int, nargs="+", default=None, help="effrem: start offsets t")
+    p.add_argument("--num_trials", type=positive_int, default=3)
+    p.add_argument("--T", type=positive_int, default=None, help="effrem: context length (default --length)")
+    p.add_argument("--ts", type=non_negative_int, nargs="+", default=None, help="effrem: start offsets t")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output_dir", default="outputs/eval")
     p.add_argument("--no_plot", action="store_true")

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..forward import eval_mode, forward_with_state, iter_segments
+from ..forward import check_token_ids, eval_mode, forward_with_state, iter_segments
+from ..modeling import unwrap_model
 
 
 def log_buckets(length: int, start: int = 1) -> list[tuple[int, int]]:
@@ -71,6 +72,7 @@ def position_perplexity(
         raise ValueError(f"input_ids must be [B, L] with L >= 2, got {tuple(input_ids.shape)}.")
     if segment_length < 1:
         raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
+    check_token_ids(input_ids, unwrap_model(model).get_input_embeddings().num_embeddings)
     device = next(model.parameters()).device
     rows, length = input_ids.shape
     batch_size = rows if batch_size is None else batch_size

@@ -17,8 +17,9 @@ class DataCollatorForStatePassing:
     different lengths are an error, not padded.
 
     Returns:
-        `dict` with `input_ids`, `labels` and `shift_labels` (the same tensor: transformers' name for targets that
-        are already shifted, which Trainer uses to count tokens), `reset_mask` (bool) and `segment_index`.
+        `dict` with `input_ids`; `labels`, equal to `input_ids` as transformers expects (the model shifts them);
+        `shift_labels`, the already shifted targets (transformers' name; the trainer scores these, so the token
+        after the segment is predicted too); `reset_mask` (bool) and `segment_index`.
     """
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
@@ -34,7 +35,7 @@ class DataCollatorForStatePassing:
             raise ValueError(f"labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ in shape.")
         return {
             "input_ids": input_ids,
-            "labels": labels,
+            "labels": input_ids,
             "shift_labels": labels,
             "reset_mask": torch.tensor([bool(f.get("reset_mask", False)) for f in features]),
             "segment_index": torch.tensor([int(f.get("segment_index", -1)) for f in features]),

@@ -47,6 +47,13 @@ class StatePassingConfig(TrainingArguments):
         text_column (`str`, *optional*, defaults to `"text"`):
             Column holding raw text when the dataset has no `input_ids`.
 
+    Parameters that control the run folder:
+
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            `hf-longssm train` resumes from the newest complete checkpoint in `output_dir`, does nothing for a
+            finished run, and refuses a folder holding another run's model. `True` starts over (earlier checkpoints
+            are deleted).
+
     > [!NOTE]
     > Defaults that differ from [`~transformers.TrainingArguments`]: `remove_unused_columns=False` (the collator's
     > `reset_mask` must reach the trainer), `logging_steps=10`, `ddp_find_unused_parameters=False` (every
@@ -80,6 +87,10 @@ class StatePassingConfig(TrainingArguments):
     # ----- data -----
     segment_length: int = field(default=2048, metadata={"help": "Tokens per training segment (training context)."})
     text_column: str = field(default="text", metadata={"help": "Column with raw text when there is no input_ids."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in output_dir: earlier checkpoints are deleted, a finished run is retrained."},
+    )
     # ----- overridden TrainingArguments defaults -----
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep the collator's reset_mask (must stay False)."}
@@ -93,6 +104,13 @@ class StatePassingConfig(TrainingArguments):
         super().__post_init__()
         if self.state_init not in STATE_INITS:
             raise ValueError(f"state_init={self.state_init!r} is not one of {list(STATE_INITS)}.")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.max_steps == 0:
+            raise ValueError(
+                "max_steps=0 trains nothing: set max_steps > 0, or -1 to train for num_train_epochs instead."
+            )
         if self.segment_length < 1:
             raise ValueError(f"segment_length must be >= 1, got {self.segment_length}.")
         if self.noise_std < 0:

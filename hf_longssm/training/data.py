@@ -20,10 +20,25 @@ from torch.utils.data import Dataset, IterableDataset
 
 def iter_token_documents(dataset, tokenizer=None, text_column: str = "text") -> Iterator[list[int]]:
     """Token ids of every document of `dataset` (rows with `input_ids`, or `text` tokenized by `tokenizer`)."""
-    for row in dataset:
+    for index, row in enumerate(dataset):
+        mask = row.get("attention_mask")
+        if mask is not None and not all(int(m) == 1 for m in mask):
+            raise ValueError(
+                f"Document {index} has an attention_mask with zeros: padded rows would feed pad tokens into the "
+                "carried state. Give unpadded documents of any length (they are joined with EOS into streams) and "
+                "drop the attention_mask column."
+            )
         if "input_ids" in row:
             ids = row["input_ids"]
-            yield ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+            ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+            labels = row.get("labels")
+            if labels is not None and list(labels) != ids:
+                raise ValueError(
+                    f"Document {index} has labels that differ from its input_ids. Training targets are the next "
+                    "tokens of the documents themselves; drop the labels column (labels equal to input_ids, as "
+                    "transformers writes them, are accepted)."
+                )
+            yield ids
         elif text_column in row:
             if tokenizer is None:
                 raise ValueError(f"Rows have {text_column!r}: pass the tokenizer as `processing_class`.")

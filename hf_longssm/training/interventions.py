@@ -125,6 +125,11 @@ class TBTT(StatePassing):
                 f"TBTT carries one state per stream, but the batch changed from {previous.batch_size} to "
                 f"{input_ids.shape[0]} rows. Keep per_device_train_batch_size fixed and dataloader_drop_last=True."
             )
+        if "segment_index" not in inputs or "reset_mask" not in inputs:
+            raise ValueError(
+                "TBTT needs `segment_index` and `reset_mask` in every batch to know where streams and documents "
+                "start: use DataCollatorForStatePassing (or a collator that passes both through)."
+            )
         reset = inputs["segment_index"] == 0
         if self.args.reset_state_on_eos:
             reset = reset | inputs["reset_mask"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,11 +12,23 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from ..forward import forward_with_state
+from ..forward import check_token_ids, forward_with_state
 from ..hub import render_model_card
 from ..loading import load_model
 from ..modeling import get_architecture, kernel_availability, prepare_model, unwrap_model
 from ..sources import is_offline
+from .checkpoints import (
+    check_resume_settings,
+    last_complete_checkpoint,
+    load_state_file,
+    mark_complete,
+    missing_files,
+    read_marker,
+    rotate_checkpoints,
+    run_settings,
+    save_state_file,
+    unmark,
+)
 from .collator import DataCollatorForStatePassing
 from .config import StatePassingConfig
 from .data import SegmentDataset, build_segment_dataset
@@ -24,8 +36,6 @@ from .interventions import INTERVENTIONS
 
 
 logger = logging.get_logger(__name__)
-
-STATE_FILE = "hf_longssm_state_rank{rank}.pt"
 
 
 def apply_default_lora_targets(model, peft_config):
@@ -103,6 +113,8 @@ class StatePassingTrainer(Trainer):
             train_dataset = build_segment_dataset(
                 train_dataset, args.segment_length, num_streams, eos_token_id, processing_class, args.text_column
             )
+            if isinstance(train_dataset, SegmentDataset):  # checked once here, not per step on the device
+                check_token_ids(train_dataset.streams, base.get_input_embeddings().num_embeddings)
         if eval_dataset is not None:
             eval_streams = args.per_device_eval_batch_size * args.world_size
             eval_dataset = build_segment_dataset(
@@ -125,7 +137,9 @@ class StatePassingTrainer(Trainer):
         self.intervention = INTERVENTIONS[args.state_init](
             args, base.config.num_hidden_layers, seed=args.seed + self.args.process_index
         )
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        # Buffered per mode and flushed by `log` (TRL's way), so evaluation never relabels training values.
+        self._state_norms: dict[str, tuple[torch.Tensor | None, int]] = {"train": (None, 0), "eval": (None, 0)}
+        self._card_kwargs: dict[str, Any] = {}
         if hasattr(base, "add_model_tags"):
             base.add_model_tags(self._tag_names + [args.state_init.replace("_", "-")])
 
@@ -140,10 +154,17 @@ class StatePassingTrainer(Trainer):
     # ----- loss ------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
-        shift_labels = inputs.pop("shift_labels", None)
-        labels = inputs.pop("labels")
-        shift_labels = labels if shift_labels is None else shift_labels
-        kwargs = {}
+        # transformers' convention: `labels` are unshifted (the model shifts them), `shift_labels` already shifted.
+        # DataCollatorForStatePassing gives both; the shifted ones keep the prediction across the segment boundary.
+        shift_labels, labels = inputs.pop("shift_labels", None), inputs.pop("labels", None)
+        if shift_labels is None and labels is None:
+            raise ValueError("The batch has no labels or shift_labels: use DataCollatorForStatePassing.")
+        kwargs = {"shift_labels": shift_labels} if shift_labels is not None else {"labels": labels}
+        if shift_labels is None:
+            logger.warning_once(
+                "The batch has unshifted `labels` only: the token after each segment is not scored. "
+                "DataCollatorForStatePassing adds `shift_labels`, which score it."
+            )
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch
 
@@ -151,45 +172,70 @@ class StatePassingTrainer(Trainer):
             state = self.intervention.initial_state(model, inputs, self.state.global_step)
         else:  # evaluation: every segment from zero, the training state untouched
             state = self.intervention.zeros(model, inputs["input_ids"].shape[0], inputs["input_ids"].device)
-        outputs, final_state = forward_with_state(
-            model, inputs["input_ids"], state, shift_labels=shift_labels, **kwargs
-        )
+        outputs, final_state = forward_with_state(model, inputs["input_ids"], state, **kwargs)
+        # Gradients stop at the segment boundary (TBTT / state passing); the graph is freed with the step.
+        final_state = final_state.detach()
         if model.training:
-            # Gradients stop at the segment boundary (TBTT / state passing); the graph is freed with the step.
-            final_state = final_state.detach()
             self.intervention.observe(final_state, self.state.global_step)
-            if self.args.log_state_norms:
-                for layer_idx, norm in enumerate(final_state.norms().tolist()):
-                    self._metrics[f"state_norm/layer_{layer_idx}"].append(norm)
+        if self.args.log_state_norms:  # summed on the device: read back (one sync) only when `log` flushes
+            mode = "train" if model.training else "eval"
+            norms = final_state.norms()
+            total, count = self._state_norms[mode]
+            self._state_norms[mode] = (norms if total is None else total + norms, count + 1)
         loss = outputs.loss
-        if self.args.average_tokens_across_devices and kwargs:
+        if self.args.average_tokens_across_devices and "num_items_in_batch" in kwargs:
             loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        prefix = "" if "loss" in logs or not any(k.startswith("eval_") for k in logs) else "eval_"
-        metrics = {f"{prefix}{k}": sum(v) / len(v) for k, v in self._metrics.items() if v}
-        self._metrics.clear()
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        total, count = self._state_norms[mode]
+        self._state_norms[mode] = (None, 0)
+        means = [] if total is None else (total / count).tolist()
+        metrics = {f"{prefix}state_norm/layer_{layer_idx}": norm for layer_idx, norm in enumerate(means)}
         super().log({**logs, **metrics}, start_time)
 
-    # ----- checkpoints -----------------------------------------------------------------------------------------
-    def _state_payload(self) -> dict:
-        return {
-            "state_init": self.args.state_init,
-            "global_step": self.state.global_step,
-            **self.intervention.state_dict(),
-        }
+    # ----- checkpoints (layout and completeness rules: hf_longssm.training.checkpoints) -----------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """`Trainer.train`, resuming only from complete checkpoints.
+
+        `resume_from_checkpoint=True` takes the newest *complete* checkpoint of `output_dir` (newer incomplete ones,
+        left by a run killed while saving, are skipped with a warning); a path must exist and be complete.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+        elif resume_from_checkpoint:
+            missing = missing_files(resume_from_checkpoint)
+            if missing:
+                last = last_complete_checkpoint(Path(resume_from_checkpoint).parent)
+                raise ValueError(
+                    f"Cannot resume from {resume_from_checkpoint}: missing {missing} (not found, or interrupted "
+                    f"while saving). The newest complete checkpoint there is {last}."
+                )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        output_dir = os.path.join(
-            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        )
-        os.makedirs(output_dir, exist_ok=True)
-        path = os.path.join(output_dir, STATE_FILE.format(rank=self.args.process_index))
-        # Write then rename: a run killed mid-write never leaves a truncated state next to good weights.
-        torch.save(self._state_payload(), path + ".tmp")
-        os.replace(path + ".tmp", path)
+        run_dir = self._get_output_dir(trial=trial)
+        checkpoint = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(checkpoint, exist_ok=True)
+        if self.args.should_save:
+            unmark(checkpoint)
+        payload = {**run_settings(self.args), "global_step": self.state.global_step, **self.intervention.state_dict()}
+        save_state_file(checkpoint, self.args.process_index, payload)
+        # transformers would rotate inside its save, possibly deleting the last complete checkpoint before this one
+        # is complete: rotate here instead, once the marker is written.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process's state file is written
+        if self.args.should_save:
+            mark_complete(checkpoint, run_settings(self.args), self.state.global_step)
+            rotate_checkpoints(run_dir, limit, keep=self.state.best_model_checkpoint)
 
     def _init_training_state(
         self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
@@ -202,22 +248,8 @@ class StatePassingTrainer(Trainer):
         return result
 
     def _load_carried_state(self, checkpoint: str) -> None:
-        path = os.path.join(checkpoint, STATE_FILE.format(rank=self.args.process_index))
-        if not os.path.isfile(path):
-            logger.warning(
-                f"{path} not found: the carried state restarts from zero (was the run launched with "
-                "another number of processes?)."
-            )
-            return
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        expected = self.args.per_device_train_batch_size
-        if payload["batch_size"] is not None and payload["batch_size"] != expected:
-            raise ValueError(
-                f"The checkpoint carries a state for {payload['batch_size']} rows per process but "
-                f"per_device_train_batch_size={expected}: resume with the batch size it was saved with."
-            )
-        if payload["state_init"] != self.args.state_init:
-            logger.warning(f"Resuming a {payload['state_init']} checkpoint with state_init={self.args.state_init}.")
+        check_resume_settings(checkpoint, read_marker(checkpoint) or {}, run_settings(self.args))
+        payload = load_state_file(checkpoint, self.args.process_index)
         self.intervention.load_state_dict(payload, unwrap_model(self.model).config, self.args.device)
 
     # ----- model card ------------------------------------------------------------------------------------------
@@ -236,9 +268,22 @@ class StatePassingTrainer(Trainer):
         Args:
             results (`list[dict]`, *optional*): this model's perplexity buckets (`start`, `end`, `perplexity`).
             table (`str`, *optional*): a markdown comparison table; plot: a PNG file name in `output_dir`.
+
+        `push_to_hub` calls this again with only `model_name`: what an earlier call gave (dataset, results, table,
+        plot, base model) is kept, so the pushed card is the one written after training.
         """
         if not self.is_world_process_zero():
             return
+        given = dict(
+            model_name=model_name,
+            base_model=base_model,
+            dataset_name=dataset_name,
+            results=results,
+            table=table,
+            plot=plot,
+        )
+        self._card_kwargs.update({k: v for k, v in given.items() if v is not None})
+        model_name, base_model, dataset_name, results, table, plot = (self._card_kwargs.get(k) for k in given)
 
         config = unwrap_model(self.model).config
         args = self.args

@@ -125,6 +125,7 @@ def test_a_run_saves_the_model_the_card_and_train_results(tmp_path):
 
 def test_a_run_resumes_from_the_last_checkpoint_in_output_dir(tmp_path, monkeypatch):
     train.main(tiny_run_args(tmp_path, max_steps=2))
+    (tmp_path / "run" / "train_results.json").unlink()  # as if killed after its last checkpoint
     resumed_from = []
     original = StatePassingTrainer.train
 

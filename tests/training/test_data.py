@@ -17,7 +17,8 @@ def test_tbtt_rows_continue_their_streams():
     flat = dataset.streams
     for row in range(4):
         assert step1["input_ids"][row, 0] == flat[row, 10]
-        assert step0["labels"][row, -1] == step1["input_ids"][row, 0]  # the boundary prediction is kept
+        assert step0["shift_labels"][row, -1] == step1["input_ids"][row, 0]  # the boundary prediction is kept
+        assert torch.equal(step0["labels"][row], step0["input_ids"][row])  # transformers: labels unshifted
     assert step0["reset_mask"].all() and (step0["segment_index"] == 0).all()
 
 
