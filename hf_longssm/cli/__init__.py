@@ -9,10 +9,10 @@ import argparse
 import sys
 from types import ModuleType
 
-from . import demo, eval, train
+from . import convert, demo, eval, train
 
 
-COMMANDS: dict[str, ModuleType] = {"train": train, "eval": eval, "demo": demo}
+COMMANDS: dict[str, ModuleType] = {"train": train, "eval": eval, "demo": demo, "convert": convert}
 # Other names accepted for a command (`hf-longssm evaluate` is older than `hf-longssm eval`).
 ALIASES: dict[str, str] = {"evaluate": "eval"}
 

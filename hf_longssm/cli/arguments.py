@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
+
+from ..loading import DTYPES
 
 
 @dataclass
@@ -42,7 +45,10 @@ class ModelArguments:
         model_name_or_path (`str`, *optional*): Hub id or local path of a Mamba / FalconMamba / Mamba-2 checkpoint.
         model_config (`str`, *optional*): instead, a JSON file (or JSON string) of a config to build a randomly
             initialized model from (`model_type` included): pretraining from scratch, as the offline demo does.
-        torch_dtype (`str`, *optional*, defaults to `"float32"`).
+        dtype (`str`, *optional*, defaults to `"float32"`): the weights' dtype, transformers' `dtype`: `"float32"`
+            (master weights for `bf16`/`fp16` mixed precision), `"bfloat16"`, `"float16"`, or `"auto"` (the
+            checkpoint's own dtype; float32 for a model built from `model_config`).
+        torch_dtype (`str`, *optional*): the old name of `dtype`, still read (with a warning).
         use_peft (`bool`, *optional*, defaults to `False`): train LoRA adapters.
         lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters.
         lora_target_modules (`list[str]`, *optional*): defaults to the architecture's targets.
@@ -50,7 +56,11 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or local path."})
     model_config: str | None = field(default=None, metadata={"help": "JSON config to build a model from scratch."})
-    torch_dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16."})
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "Weights' dtype (auto: the checkpoint's).", "choices": list(DTYPES)},
+    )
+    torch_dtype: str | None = field(default=None, metadata={"help": "Deprecated name of dtype."})
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -60,6 +70,11 @@ class ModelArguments:
     def __post_init__(self):
         if (self.model_name_or_path is None) == (self.model_config is None):
             raise ValueError("Give exactly one of model_name_or_path (a checkpoint) or model_config (from scratch).")
+        if self.torch_dtype is not None:
+            warnings.warn("torch_dtype is deprecated: use dtype (transformers' name).", FutureWarning, stacklevel=2)
+            self.dtype, self.torch_dtype = self.torch_dtype, None
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: choose from {list(DTYPES)}.")
 
 
 class RecipeParser(HfArgumentParser):
@@ -76,19 +91,55 @@ class RecipeParser(HfArgumentParser):
                 raise ValueError("--config needs a YAML file.")
             config_path = args[i + 1]
             del args[i : i + 2]
+            if not Path(config_path).is_file():
+                raise FileNotFoundError(f"--config {config_path}: file not found.")
             with open(config_path) as f:
                 config = yaml.safe_load(f) or {}
+            if not isinstance(config, dict):
+                raise ValueError(f"{config_path}: expected `key: value` lines, got a {type(config).__name__}.")
             known = {f.name for dtype in self.dataclass_types for f in fields(dtype)}
             unknown = sorted(set(config) - known)
             if unknown:
                 raise ValueError(f"{config_path}: unknown keys {unknown}. Check the spelling against --help.")
-            defaults = {k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in config.items()}
+            actions = {action.dest: action for action in self._actions}
+            defaults = {k: self._convert(config_path, actions[k], v) for k, v in config.items()}
             self.set_defaults(**defaults)
             # Required arguments given in the YAML no longer need the command line.
             for action in self._actions:
                 if action.dest in defaults:
                     action.required = False
         return self.parse_args_into_dataclasses(args=args)
+
+    @staticmethod
+    def _convert(config_path: str, action, value):
+        """A YAML value converted and checked as the command line would be (argparse skips defaults): a float or a
+        list in an integer field is an error, not a silent wrong type."""
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return json.dumps(value)  # JSON-valued fields (model_config)
+        convert = action.type or (lambda v: v)
+        many = action.nargs in ("+", "*")
+        if many and not isinstance(value, list):
+            value = [value]  # `data_files: notes.txt`: one item
+        if not many and isinstance(value, list):
+            raise ValueError(f"{config_path}: {action.dest} takes one value, got the list {value!r}.")
+        items = value if many else [value]
+        converted = []
+        for item in items:
+            if isinstance(item, (list, dict)):
+                raise ValueError(f"{config_path}: {action.dest} got {item!r}, not a single value.")
+            if convert is int and isinstance(item, float) or (convert is int and isinstance(item, bool)):
+                raise ValueError(f"{config_path}: {action.dest} must be an integer, got {item!r}.")
+            try:
+                item = convert(item if isinstance(item, str) or convert is float else str(item))
+            except (TypeError, ValueError) as err:
+                name = getattr(convert, "__name__", "value")
+                raise ValueError(f"{config_path}: {action.dest}={item!r} is not a valid {name} ({err}).") from err
+            if action.choices is not None and item not in action.choices:
+                raise ValueError(f"{config_path}: {action.dest}={item!r} is not one of {list(action.choices)}.")
+            converted.append(item)
+        return converted if many else converted[0]
 
 
 def load_model_config_json(value: str) -> dict:

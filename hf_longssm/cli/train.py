@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from ..loading import load_model, load_tokenizer
 from ..sources import load_documents
 from ..training import StatePassingConfig, StatePassingTrainer
+from ..training.checkpoints import FINISHED, FINISHED_FILE, resume_point
 from .arguments import ModelArguments, RecipeParser, ScriptArguments, load_model_config_json
 
 
@@ -46,11 +46,14 @@ def tokenizer_from_args(script_args: ScriptArguments, model_args: ModelArguments
 
 
 def model_from_args(model_args: ModelArguments) -> PreTrainedModel:
-    """A randomly initialised model from `model_config`, or the checkpoint `model_name_or_path`."""
-    dtype = getattr(torch, model_args.torch_dtype)
+    """A randomly initialised model from `model_config`, or the checkpoint `model_name_or_path` in either format
+    (transformers or mamba_ssm, see `loading.load_model`), in `model_args.dtype` (`"auto"`: the checkpoint's own;
+    float32 for a model built from a config)."""
     if model_args.model_config is not None:
         spec = load_model_config_json(model_args.model_config)
+        dtype = torch.float32 if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
         return AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec), dtype=dtype)
+    dtype = "auto" if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
     return load_model(model_args.model_name_or_path, dtype=dtype)
 
 
@@ -71,8 +74,17 @@ def peft_config_from(model_args: ModelArguments):
 
 def train(
     script_args: ScriptArguments, training_args: StatePassingConfig, model_args: ModelArguments
-) -> StatePassingTrainer:
-    """Train from parsed arguments (TRL's `main(script_args, training_args, model_args)`); returns the trainer."""
+) -> StatePassingTrainer | None:
+    """Train from parsed arguments (TRL's `main(script_args, training_args, model_args)`); returns the trainer, or
+    `None` when `output_dir` holds a finished run (nothing is trained or rewritten)."""
+    # 1. Where this launch starts, decided before anything is loaded or written (checkpoints.resume_point).
+    resume = resume_point(training_args, model_args.model_name_or_path)
+    if resume == FINISHED:
+        logger.warning(
+            f"{training_args.output_dir} holds a finished run ({FINISHED_FILE}): nothing to do. Set "
+            "overwrite_output_dir: true to train it again from scratch, or choose another output_dir."
+        )
+        return None
     set_seed(training_args.seed)
     tokenizer = tokenizer_from_args(script_args, model_args)
     model = model_from_args(model_args)
@@ -91,17 +103,15 @@ def train(
         processing_class=tokenizer,
         peft_config=peft_config_from(model_args),
     )
-    last_checkpoint = (
-        get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
-    )
-    if last_checkpoint is not None:
-        logger.warning(f"Resuming from {last_checkpoint}")
-    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    if resume is not None:
+        logger.warning(f"Resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
 
     # Save, card, push.
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(base_model=model_args.model_name_or_path, dataset_name=script_args.dataset_name)
-    (Path(training_args.output_dir) / "train_results.json").write_text(json.dumps(result.metrics, indent=2))
+    if trainer.is_world_process_zero():  # written last: its presence means the run finished
+        (Path(training_args.output_dir) / FINISHED_FILE).write_text(json.dumps(result.metrics, indent=2))
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="Post-trained with hf_longssm")
     return trainer

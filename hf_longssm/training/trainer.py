@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,18 @@ def apply_default_lora_targets(model, peft_config):
     return get_peft_model(model, peft_config)
 
 
+def exit_with_launcher() -> None:
+    """Under `accelerate launch` / `torchrun` (Linux), die with the launcher: a killed launcher must not leave its
+    workers training on their own and writing checkpoints nobody resumes."""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os._exit(1)
+
+
 class StatePassingTrainer(Trainer):
     """A [`~transformers.Trainer`] whose every training segment starts from the state chosen by
     `StatePassingConfig.state_init`, with that state kept per process and saved with every checkpoint.
@@ -82,7 +98,8 @@ class StatePassingTrainer(Trainer):
         peft_config=None,
         **kwargs: Any,
     ):
-        # 1. Arguments
+        # 1. Arguments and process
+        exit_with_launcher()
         if args is None:
             args = StatePassingConfig(output_dir="tmp_trainer")
         elif not isinstance(args, StatePassingConfig):

@@ -41,13 +41,14 @@ def test_no_command_prints_the_usage_and_exits_2(capsys):
 
 def test_an_unknown_command_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["convert", "a", "b"])
+        cli.main(["finetune", "a", "b"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'convert'" in capsys.readouterr().err
+    assert "invalid choice: 'finetune'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
-    ("command", "module"), [("train", "train"), ("eval", "eval"), ("evaluate", "eval"), ("demo", "demo")]
+    ("command", "module"),
+    [("train", "train"), ("eval", "eval"), ("evaluate", "eval"), ("demo", "demo"), ("convert", "convert")],
 )
 def test_a_command_runs_its_module_main_with_the_remaining_arguments(monkeypatch, command, module):
     calls = []

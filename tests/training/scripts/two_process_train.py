@@ -20,7 +20,7 @@ class RecordingTrainer(hl.StatePassingTrainer):
             {
                 "step": self.state.global_step,
                 "first_tokens": inputs["input_ids"][:, 0].tolist(),
-                "last_labels": inputs["labels"][:, -1].tolist(),
+                "last_labels": inputs["shift_labels"][:, -1].tolist(),
                 "loss": loss.item(),
                 "state_norm": self.intervention.carried.norms().tolist(),
             }
