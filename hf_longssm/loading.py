@@ -184,7 +184,7 @@ def fetch_file(name_or_path, filename: str, download: dict | None = None, requir
         validate_repo_id(str(name_or_path))
     except HFValidationError:
         raise FileNotFoundError(
-            f"{name_or_path} is neither a folder (looked in {Path.cwd()}) nor a Hub id (owner/name)."
+            f"{name_or_path} not found: it is neither a folder (looked in {Path.cwd()}) nor a Hub id (owner/name)."
         ) from None
     revision = download.get("revision")
     where = f"{name_or_path}" + (f" (revision {revision!r})" if revision else "")
