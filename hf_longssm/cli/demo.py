@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 from .. import evaluation
+from ..evaluation.plots import plot_demo
 from ..hub import render_model_card, results_table
 from ..loading import load_model, load_tokenizer
 from ..sources import OFFLINE_SHAKESPEARE, load_documents
-from .results import plot_demo, write_json
+from .results import write_json
 from .train import make_parser, train
 
 

@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 from .. import evaluation
+from ..evaluation.plots import plot_eval
 from ..evaluation.text import documents_to_input_ids
 from ..hub import results_table
 from ..loading import resolve_model, resolve_tokenizer
 from ..sources import OFFLINE_SHAKESPEARE, get_source
 from ..versions import package_versions
-from .results import free_path, plot_eval, write_json
+from .results import free_path, write_json
 
 
 TASKS = ("position_ppl", "passkey", "effrem", "state_norms")

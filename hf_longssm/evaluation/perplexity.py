@@ -48,6 +48,41 @@ class PositionPerplexity:
 
 
 @torch.no_grad()
+def position_nll_sum(
+    model,
+    input_ids: torch.LongTensor,
+    segment_length: int,
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """The NLL at every position summed over the rows of `input_ids` (float64, `(L - 1,)`), read in segments with the
+    state carried: what `position_perplexity` averages, and what processes add up before averaging (the trainer's
+    evaluation). Memory: one segment's activations plus `L` floats."""
+    if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be [B, L] with L >= 2, got {tuple(input_ids.shape)}.")
+    if segment_length < 1:
+        raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
+    check_token_ids(input_ids, unwrap_model(model).get_input_embeddings().num_embeddings)
+    device = next(model.parameters()).device
+    rows, length = input_ids.shape
+    batch_size = max(1, rows if batch_size is None else batch_size)  # a process may have no rows to score
+    total = torch.zeros(length - 1, dtype=torch.float64)
+    bar = tqdm(total=rows * math.ceil((length - 1) / segment_length), desc="position perplexity", disable=not progress)
+    with eval_mode(model):
+        for row_start in range(0, rows, batch_size):
+            ids = input_ids[row_start : row_start + batch_size].to(device)
+            # The targets run one past each segment: the prediction across the boundary is scored.
+            for start, end, out, _ in iter_segments(model, ids[:, :-1], segment_length):
+                log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+                nll = -log_probs.gather(-1, ids[:, start + 1 : end + 1, None]).squeeze(-1)
+                total[start:end] += nll.double().sum(0).cpu()
+                bar.update(ids.shape[0])
+    bar.close()
+    return total
+
+
+@torch.no_grad()
 def position_perplexity(
     model,
     input_ids: torch.LongTensor,
@@ -68,27 +103,23 @@ def position_perplexity(
     Returns:
         [`PositionPerplexity`]: `nll` of shape `(L - 1,)`; `.perplexity(buckets)` per position bucket.
     """
-    if input_ids.dim() != 2 or input_ids.shape[1] < 2:
-        raise ValueError(f"input_ids must be [B, L] with L >= 2, got {tuple(input_ids.shape)}.")
-    if segment_length < 1:
-        raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
-    check_token_ids(input_ids, unwrap_model(model).get_input_embeddings().num_embeddings)
-    device = next(model.parameters()).device
-    rows, length = input_ids.shape
-    batch_size = rows if batch_size is None else batch_size
-    total = torch.zeros(length - 1, dtype=torch.float64)
-    bar = tqdm(total=rows * math.ceil((length - 1) / segment_length), desc="position perplexity", disable=not progress)
-    with eval_mode(model):
-        for row_start in range(0, rows, batch_size):
-            ids = input_ids[row_start : row_start + batch_size].to(device)
-            # The targets run one past each segment: the prediction across the boundary is scored.
-            for start, end, out, _ in iter_segments(model, ids[:, :-1], segment_length):
-                log_probs = torch.log_softmax(out.logits.float(), dim=-1)
-                nll = -log_probs.gather(-1, ids[:, start + 1 : end + 1, None]).squeeze(-1)
-                total[start:end] += nll.double().sum(0).cpu()
-                bar.update(ids.shape[0])
-    bar.close()
+    total = position_nll_sum(model, input_ids, segment_length, batch_size=batch_size, progress=progress)
+    rows = input_ids.shape[0]
     return PositionPerplexity(nll=(total / rows).float(), num_sequences=rows)
+
+
+def position_metrics(
+    result: PositionPerplexity, buckets: list[dict], train_context: int, prefix: str = "eval"
+) -> dict[str, float]:
+    """`{prefix}_loss`, `{prefix}_ppl_<lo>_<hi>` per bucket and `{prefix}_far_near_ratio`: the perplexity of the last
+    bucket over that of the bucket holding position `train_context` (1.0 = no degradation past the training
+    context; the number to watch while post-training and to pick checkpoints by)."""
+    metrics = {f"{prefix}_loss": result.nll.double().mean().item()}
+    metrics.update({f"{prefix}_ppl_{b['start']}_{b['end']}": b["perplexity"] for b in buckets})
+    near = next((b for b in buckets if b["start"] <= train_context < b["end"]), None)
+    if near is not None and near is not buckets[-1]:
+        metrics[f"{prefix}_far_near_ratio"] = buckets[-1]["perplexity"] / near["perplexity"]
+    return metrics
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ def documents_to_input_ids(
     if not rows:
         longest = max((n for _, n in skipped), default=0)
         raise ValueError(
-            f"No document has {length} tokens (the longest has {longest}). Lower --length or give "
-            "longer documents; documents are never padded."
+            f"No document has {length} tokens (the longest has {longest}). Lower the length (--length, "
+            "eval_max_length) or give longer documents; documents are never padded."
         )
     return torch.tensor(rows, dtype=torch.long)

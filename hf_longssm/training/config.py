@@ -47,6 +47,18 @@ class StatePassingConfig(TrainingArguments):
         text_column (`str`, *optional*, defaults to `"text"`):
             Column holding raw text when the dataset has no `input_ids`.
 
+    Parameters that control evaluation (`trainer.evaluate()`, and every `eval_steps` with `eval_strategy="steps"`):
+
+        eval_max_length (`int`, *optional*, defaults to `16 * segment_length`):
+            Tokens read from the start of each evaluation document, in segments of `segment_length` with the state
+            carried from zero, as `evaluation.position_perplexity` does; shorter documents are skipped. Far past the
+            training context is where post-training shows: the default reads 16 training contexts.
+        eval_bucket_start (`int`, *optional*, defaults to `max(1, segment_length // 8)`):
+            First edge of the log-spaced position buckets `[0, s), [s, 2s), ...` of `eval_ppl_<lo>_<hi>`.
+        eval_plots (`bool`, *optional*, defaults to `True`):
+            After every evaluation, write `output_dir/eval/perplexity_by_position.png` (one line per evaluation)
+            and `output_dir/eval/history.json`; the last evaluation's table goes into the model card.
+
     Parameters that control the run folder:
 
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
@@ -87,6 +99,16 @@ class StatePassingConfig(TrainingArguments):
     # ----- data -----
     segment_length: int = field(default=2048, metadata={"help": "Tokens per training segment (training context)."})
     text_column: str = field(default="text", metadata={"help": "Column with raw text when there is no input_ids."})
+    # ----- evaluation -----
+    eval_max_length: int | None = field(
+        default=None, metadata={"help": "Tokens per evaluation document (default 16 * segment_length)."}
+    )
+    eval_bucket_start: int | None = field(
+        default=None, metadata={"help": "First edge of the log-spaced position buckets (default segment_length // 8)."}
+    )
+    eval_plots: bool = field(
+        default=True, metadata={"help": "Plot perplexity by position into output_dir/eval after every evaluation."}
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start over in output_dir: earlier checkpoints are deleted, a finished run is retrained."},
@@ -113,6 +135,15 @@ class StatePassingConfig(TrainingArguments):
             )
         if self.segment_length < 1:
             raise ValueError(f"segment_length must be >= 1, got {self.segment_length}.")
+        if self.eval_max_length is None:
+            self.eval_max_length = 16 * self.segment_length
+        if self.eval_bucket_start is None:
+            self.eval_bucket_start = max(1, self.segment_length // 8)
+        if self.eval_max_length < 2 or self.eval_bucket_start < 1:
+            raise ValueError(
+                f"eval_max_length must be >= 2 and eval_bucket_start >= 1, got {self.eval_max_length} and "
+                f"{self.eval_bucket_start}."
+            )
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}.")
         if self.fitted_noise_update not in ("running", "frozen"):

@@ -7,6 +7,7 @@ import ctypes.util
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,14 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..evaluation.perplexity import PositionPerplexity, log_buckets, position_metrics, position_nll_sum
+from ..evaluation.text import documents_to_input_ids
 from ..forward import check_token_ids, forward_with_state
-from ..hub import render_model_card
+from ..hub import render_model_card, results_table
 from ..loading import load_model
 from ..modeling import get_architecture, kernel_availability, prepare_model, unwrap_model
 from ..sources import is_offline
+from .callbacks import EvalPlotCallback
 from .checkpoints import (
     check_resume_settings,
     last_complete_checkpoint,
@@ -132,11 +136,10 @@ class StatePassingTrainer(Trainer):
             )
             if isinstance(train_dataset, SegmentDataset):  # checked once here, not per step on the device
                 check_token_ids(train_dataset.streams, base.get_input_embeddings().num_embeddings)
+        # Evaluation documents are read whole from their start (up to eval_max_length), not cut into segments.
+        self._eval_input_ids = None
         if eval_dataset is not None:
-            eval_streams = args.per_device_eval_batch_size * args.world_size
-            eval_dataset = build_segment_dataset(
-                eval_dataset, args.segment_length, eval_streams, eos_token_id, processing_class, args.text_column
-            )
+            self._eval_input_ids = self._eval_rows(eval_dataset, processing_class, args)
         if data_collator is None:
             data_collator = DataCollatorForStatePassing()
 
@@ -157,6 +160,9 @@ class StatePassingTrainer(Trainer):
         # Buffered per mode and flushed by `log` (TRL's way), so evaluation never relabels training values.
         self._state_norms: dict[str, tuple[torch.Tensor | None, int]] = {"train": (None, 0), "eval": (None, 0)}
         self._card_kwargs: dict[str, Any] = {}
+        self._last_eval_buckets: list[dict] | None = None
+        if self._eval_input_ids is not None and args.eval_plots:
+            self.add_callback(EvalPlotCallback())
         if hasattr(base, "add_model_tags"):
             base.add_model_tags(self._tag_names + [args.state_init.replace("_", "-")])
 
@@ -212,6 +218,42 @@ class StatePassingTrainer(Trainer):
         means = [] if total is None else (total / count).tolist()
         metrics = {f"{prefix}state_norm/layer_{layer_idx}": norm for layer_idx, norm in enumerate(means)}
         super().log({**logs, **metrics}, start_time)
+
+    # ----- evaluation: perplexity by position far past the training context -----------------------------------------
+    @staticmethod
+    def _eval_rows(documents, tokenizer, args) -> torch.LongTensor:
+        return documents_to_input_ids(documents, tokenizer, args.eval_max_length, text_column=args.text_column)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Perplexity by position over the evaluation documents, each read from a zero state at its start in segments
+        of `segment_length` with the state carried (as `evaluation.position_perplexity`), up to `eval_max_length`.
+
+        Returns (and logs) `<prefix>_loss` (mean NLL of every scored position), `<prefix>_ppl_<lo>_<hi>` per
+        log-spaced position bucket, and `<prefix>_far_near_ratio`: the last bucket's perplexity over that of the
+        bucket holding position `segment_length` (1.0: no degradation past the training context). Each process
+        scores its share of the documents; the sums are added across processes. The training state (carried
+        state, statistics, noise generator, data order) is not touched.
+        """
+        input_ids = (
+            self._eval_input_ids
+            if eval_dataset is None
+            else self._eval_rows(eval_dataset, self.processing_class, self.args)
+        )
+        if input_ids is None:
+            raise ValueError("StatePassingTrainer.evaluate needs eval_dataset (documents, as train_dataset takes).")
+        start_time = time.time()
+        share = input_ids[self.args.process_index :: self.args.world_size]
+        total = position_nll_sum(self.model, share, self.args.segment_length, batch_size=self.args.eval_batch_size)
+        device = self.args.device
+        total = self.accelerator.reduce(total.to(device), reduction="sum").double().cpu()
+        result = PositionPerplexity(nll=(total / input_ids.shape[0]).float(), num_sequences=input_ids.shape[0])
+        buckets = result.perplexity(log_buckets(len(result.nll), self.args.eval_bucket_start))
+        metrics = position_metrics(result, buckets, self.args.segment_length, metric_key_prefix)
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start_time, 4)
+        self._last_eval_buckets = buckets
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     # ----- checkpoints (layout and completeness rules: hf_longssm.training.checkpoints) -----------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
@@ -301,6 +343,9 @@ class StatePassingTrainer(Trainer):
         )
         self._card_kwargs.update({k: v for k, v in given.items() if v is not None})
         model_name, base_model, dataset_name, results, table, plot = (self._card_kwargs.get(k) for k in given)
+        if results is None and self._last_eval_buckets is not None:  # the last evaluation while training
+            results = self._last_eval_buckets
+            table = table or results_table({"perplexity": results})
 
         config = unwrap_model(self.model).config
         args = self.args

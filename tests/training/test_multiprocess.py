@@ -13,12 +13,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "training" / "scripts" / "two_process_train.py"
 
 
-def launch(*args):
+def launch(*args, script=SCRIPT):
     # `accelerate launch --cpu` starts one process in accelerate 1.15; the config's torchrun launcher starts two,
     # and the script's `use_cpu=True` makes them gloo CPU ranks.
     config = ROOT / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
-           "29517", str(SCRIPT), *args]  # fmt: skip
+           "29517", str(script), *args]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -55,3 +55,23 @@ def test_two_processes_train_save_and_resume(tmp_path):
         after = [r["loss"] for r in resumed[rank]["records"]]
         uninterrupted = [r["loss"] for r in ranks[rank]["records"][2:]]
         assert after == pytest.approx(uninterrupted, abs=1e-5), rank
+
+
+@pytest.mark.multiprocess
+def test_two_processes_evaluate_their_shares_and_reduce_the_metrics(tmp_path):
+    import torch
+
+    from hf_longssm import evaluation
+    from tests.utils import tiny_model
+
+    launch(str(tmp_path), script=ROOT / "tests" / "training" / "scripts" / "two_process_eval.py")
+    ranks = [json.loads((tmp_path / f"eval_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    metrics = [{k: v for k, v in r["metrics"].items() if k != "eval_runtime"} for r in ranks]
+    assert metrics[0] == metrics[1]  # every rank reports the reduced numbers
+    # One process over all 5 documents gives the same perplexities.
+    ids = torch.tensor(ranks[0]["rows"])
+    expected = evaluation.position_perplexity(tiny_model("mamba2"), ids, segment_length=8)
+    for bucket in expected.perplexity(evaluation.log_buckets(63, start=1)):
+        value = ranks[0]["metrics"][f"eval_ppl_{bucket['start']}_{bucket['end']}"]
+        assert value == pytest.approx(bucket["perplexity"], rel=1e-4)
