@@ -13,6 +13,7 @@ Two checkpoint formats load, by Hub id or local folder, told apart by their `con
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -320,3 +321,34 @@ def resolve_tokenizer(tokenizer=None, model_id: str | None = None):
             "Pass tokenizer= ('byte', a Hub id or a path) or model_id= (a model saved with its tokenizer)."
         )
     return load_tokenizer(name)
+
+
+def log_spaced_decays(model: PreTrainedModel, low: float, high: float) -> None:
+    """Set every mixer's decay rates `A = exp(A_log)` log-spaced from `low` to `high` across its heads (Mamba-2) or
+    channels (Mamba-1), in place.
+
+    transformers initialises `A = 1..num_heads`, so every head of a fresh model forgets within a few dozen tokens;
+    checkpoints trained long grow heads with `A` near 0.01 that remember thousands of tokens, and those are the
+    heads whose states leave the range seen in training. A small model pretrained from scratch shows the
+    length-generalization failure of the official checkpoints only with such heads (the offline demo).
+    """
+    if not 0 < low <= high:
+        raise ValueError(f"Decay rates must satisfy 0 < low <= high, got {low} and {high}.")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("A_log"):
+                rates = torch.logspace(math.log10(low), math.log10(high), param.shape[0], dtype=torch.float64)
+                shape = (-1,) + (1,) * (param.dim() - 1)
+                param.copy_(rates.log().view(shape).expand_as(param).to(param.dtype))
+
+
+# What a recipe's `model_init` block may ask of a model built from `model_config`: name -> (function, argument doc).
+MODEL_INITS = {"A_logspace": log_spaced_decays}
+
+
+def apply_model_init(model: PreTrainedModel, spec: dict[str, Any]) -> None:
+    """Apply a recipe's `model_init` block, e.g. `{"A_logspace": [0.01, 1.0]}` (see `MODEL_INITS`)."""
+    for name, value in spec.items():
+        if name not in MODEL_INITS:
+            raise ValueError(f"Unknown model_init {name!r}; choose from {sorted(MODEL_INITS)}.")
+        MODEL_INITS[name](model, *(value if isinstance(value, list) else [value]))

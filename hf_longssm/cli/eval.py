@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -66,7 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num_sequences", type=positive_int, default=8)
     p.add_argument("--segment_length", type=positive_int, default=4096)
-    p.add_argument("--bucket_start", type=positive_int, default=1, help="first log-spaced bucket edge")
+    p.add_argument(
+        "--bucket_start",
+        type=positive_int,
+        default=None,
+        help="first log-spaced bucket edge (default: the training context, else 16: no single-token buckets)",
+    )
+    p.add_argument(
+        "--train_context",
+        type=positive_int,
+        default=None,
+        help="the models' training context, marked in the plots (default: read from the model card)",
+    )
     p.add_argument(
         "--lengths", type=positive_int, nargs="+", default=[1024, 2048, 4096], help="passkey prompt lengths"
     )
@@ -97,15 +109,31 @@ def load_eval_documents(data: list[str], split: str | None = None):
     return source.load(split=split or source.eval_split, streaming=True)
 
 
+def card_train_context(model_id: str) -> int | None:
+    """The training context (`segment_length`) from a local model's hf_longssm card, if it has one."""
+    card = Path(model_id) / "README.md"
+    match = re.search(r"^\| segment_length \| (\d+) \|", card.read_text(), re.M) if card.is_file() else None
+    return int(match.group(1)) if match else None
+
+
 def run_task(args: argparse.Namespace, model_id: str, input_ids: torch.Tensor | None) -> dict:
     """One model's results for `args.task` (JSON-ready)."""
     model = resolve_model(model_id=model_id, device=args.device)
     if args.task == "position_ppl":
-        res = evaluation.position_perplexity(model, input_ids, args.segment_length, progress=True)
-        return {
-            "buckets": res.perplexity(evaluation.log_buckets(len(res.nll), args.bucket_start)),
-            "nll": res.nll.tolist(),
-        }
+        # One sequence at a time: the spread across sequences gives each bucket a 95% confidence band.
+        rows = [
+            evaluation.position_perplexity(model, input_ids[i : i + 1], args.segment_length, progress=True)
+            for i in range(input_ids.shape[0])
+        ]
+        nll = torch.stack([r.nll for r in rows])
+        mean = evaluation.PositionPerplexity(nll=nll.mean(0), num_sequences=len(rows))
+        buckets = mean.perplexity(evaluation.log_buckets(nll.shape[1], args.bucket_start))
+        for bucket in buckets:
+            per_row = nll[:, bucket["start"] : bucket["end"]].double().mean(1)
+            half_width = 1.96 * per_row.std().item() / math.sqrt(len(rows)) if len(rows) > 1 else 0.0
+            bucket["perplexity_low"] = math.exp(bucket["nll"] - half_width)
+            bucket["perplexity_high"] = math.exp(bucket["nll"] + half_width)
+        return {"buckets": buckets, "nll": mean.nll.tolist()}
     if args.task == "state_norms":
         return evaluation.state_norms_by_position(model, input_ids, args.segment_length)
     if args.task == "effrem":
@@ -125,6 +153,10 @@ def main(argv: list[str] | None = None) -> Path:
     """Run `hf-longssm eval` and return the path of the results JSON."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.train_context is None:
+        args.train_context = card_train_context(args.model[0])
+    if args.bucket_start is None:
+        args.bucket_start = args.train_context or 16
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     input_ids = None
@@ -139,6 +171,7 @@ def main(argv: list[str] | None = None) -> Path:
         "versions": package_versions(RESULT_PACKAGES),
         "models": list(args.model),
         "input_shape": None if input_ids is None else list(input_ids.shape),
+        "train_context": args.train_context,
         "results": results,
     }
     json_path = write_json(payload, out / f"{args.task}.json")
@@ -147,6 +180,6 @@ def main(argv: list[str] | None = None) -> Path:
         free_path(out / "position_ppl.md").write_text(table + "\n")
         print(table)
     if not args.no_plot:
-        plot_eval(args.task, results, free_path(out / f"{args.task}.png"))
+        plot_eval(args.task, results, free_path(out / f"{args.task}.png"), train_context=args.train_context)
     print(f"wrote {json_path}")
     return json_path

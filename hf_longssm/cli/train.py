@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, set_seed
 from transformers.utils import logging
 
-from ..loading import load_model, load_tokenizer
+from ..loading import apply_model_init, load_model, load_tokenizer
 from ..sources import load_documents
 from ..training import StatePassingConfig, StatePassingTrainer
 from ..training.checkpoints import FINISHED, FINISHED_FILE, resume_point
@@ -52,7 +52,10 @@ def model_from_args(model_args: ModelArguments) -> PreTrainedModel:
     if model_args.model_config is not None:
         spec = load_model_config_json(model_args.model_config)
         dtype = torch.float32 if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
-        return AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec), dtype=dtype)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec), dtype=dtype)
+        if model_args.model_init is not None:
+            apply_model_init(model, load_model_config_json(model_args.model_init))
+        return model
     dtype = "auto" if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
     return load_model(model_args.model_name_or_path, dtype=dtype)
 
@@ -96,10 +99,20 @@ def train(
         streaming=script_args.dataset_streaming,
     )
 
+    eval_documents = None
+    if script_args.eval_data_files or script_args.dataset_eval_split:
+        eval_documents = load_documents(
+            dataset_name=script_args.dataset_name,
+            data_files=script_args.eval_data_files,
+            split=script_args.dataset_eval_split or "train",
+            config=script_args.dataset_config,
+        )
+
     trainer = StatePassingTrainer(
         model=model,
         args=training_args,
         train_dataset=documents,
+        eval_dataset=eval_documents,
         processing_class=tokenizer,
         peft_config=peft_config_from(model_args),
     )

@@ -21,12 +21,18 @@ def _bucket_midpoints(buckets: list[dict]) -> list[float]:
     return [math.sqrt(max(b["start"], 1) * b["end"]) for b in buckets]
 
 
-def plot_eval(task: str, results: dict[str, dict], path: Path) -> None:
+def _mark_context(ax, train_context: int | None) -> None:
+    if train_context:
+        ax.axvline(train_context, color="gray", linestyle="--", label=f"training context ({train_context} tokens)")
+
+
+def plot_eval(task: str, results: dict[str, dict], path: Path, train_context: int | None = None) -> None:
     """The figure of one `hf-longssm eval` task, every model of `results` in it (a heatmap per model for passkey).
 
     Args:
         task (`str`): `position_ppl`, `passkey`, `effrem` or `state_norms`.
         results (`dict[str, dict]`): per model id, what `cli.eval.run_task` returned.
+        train_context (`int`, *optional*): the models' training context, marked on position axes.
     """
     plt = _pyplot()
     if task == "passkey":
@@ -39,34 +45,51 @@ def plot_eval(task: str, results: dict[str, dict], path: Path) -> None:
                 for d in depths
             ]
             im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+            for row, values in enumerate(grid):
+                for col, value in enumerate(values):
+                    ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize="small")
             ax.set_xticks(range(len(lengths)), lengths)
             ax.set_yticks(range(len(depths)), depths)
             ax.set_xlabel("prompt length (tokens)")
-            ax.set_ylabel("key depth")
+            ax.set_ylabel("key depth (0 = start, 1 = end)")
             ax.set_title(Path(name).name)
-        fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
+        fig.colorbar(im, ax=axes[0].tolist(), label="accuracy (exact match)")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    for i, (name, res) in enumerate(results.items()):
+        color, label = colors[i % len(colors)], Path(name).name
+        if task == "position_ppl":
+            xs = _bucket_midpoints(res["buckets"])
+            ax.plot(xs, [b["perplexity"] for b in res["buckets"]], marker="o", color=color, label=label)
+            if all("perplexity_low" in b for b in res["buckets"]):
+                low = [b["perplexity_low"] for b in res["buckets"]]
+                ax.fill_between(xs, low, [b["perplexity_high"] for b in res["buckets"]], color=color, alpha=0.2)
+            ax.set_ylabel("perplexity (band: 95% over sequences)")
+        elif task == "state_norms":
+            for layer in range(len(res["norms"][0])):
+                values = [n[layer] for n in res["norms"]]
+                style = styles[layer % len(styles)]
+                ax.plot(res["positions"], values, linestyle=style, color=color, label=f"{label}, layer {layer}")
+            ax.set_ylabel("SSM state norm (L2, mean over sequences)")
+        else:
+            ts = sorted(int(t) for t in res["effrem"])
+            ax.plot(ts, [res["effrem"][str(t)] for t in ts], marker="o", color=color, label=label)
+            ax.set_ylabel(f"EffRem_T(t), T = {res['T']} tokens")
+    if task == "effrem":
+        ax.set_xscale("symlog", linthresh=1)  # t = 0 (the whole context: EffRem = 0) stays on the axis
+        ax.set_xlabel("t: tokens dropped from the start of the context (0 = none)")
     else:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name, res in results.items():
-            if task == "position_ppl":
-                xs = _bucket_midpoints(res["buckets"])
-                ax.plot(xs, [b["perplexity"] for b in res["buckets"]], marker="o", label=Path(name).name)
-                ax.set_ylabel("perplexity")
-            elif task == "state_norms":
-                for layer in range(len(res["norms"][0])):
-                    ax.plot(res["positions"], [n[layer] for n in res["norms"]], label=f"{Path(name).name} L{layer}")
-                ax.set_ylabel("SSM state norm")
-            else:
-                ts = sorted(int(t) for t in res["effrem"])
-                ax.plot(
-                    [max(t, 1) for t in ts], [res["effrem"][str(t)] for t in ts], marker="o", label=Path(name).name
-                )
-                ax.set_ylabel(f"EffRem_T(t), T={res['T']}")
         ax.set_xscale("log")
-        ax.set_xlabel("token position" if task != "effrem" else "t")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
+        _mark_context(ax, train_context)
+        ax.set_xlabel("token position (tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -91,6 +114,7 @@ def plot_demo(results: dict[str, dict], train_context: int, path: Path) -> None:
         ax.set_xlabel("token position (bytes)")
         ax.grid(alpha=0.3)
     right.axhline(0, color="black", linewidth=0.8)
+    left.set_yscale("log")  # the base model climbs by an order of magnitude: a log axis keeps the others readable
     left.set_ylabel("perplexity (same held-out bytes for every model)")
     right.set_ylabel("bits/byte: carried state - state restarted T/2..T back")
     left.set_title("Perplexity by position")

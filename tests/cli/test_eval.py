@@ -161,3 +161,26 @@ def test_a_hub_dataset_is_streamed_from_its_test_split_by_default(monkeypatch):
     monkeypatch.setattr("datasets.load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or ["doc"])
     assert load_eval_documents(["org/long-texts"]) == ["doc"]
     assert calls == [(("org/long-texts", None), {"split": "test", "streaming": True})]
+
+
+def test_position_ppl_buckets_start_at_the_training_context_from_the_card_with_bands(model_path, tmp_path):
+    from pathlib import Path
+
+    Path(model_path, "README.md").write_text("| setting | value |\n|---|---|\n| segment_length | 64 |\n")
+    args = position_ppl_args(model_path, tmp_path, "--no_plot")
+    for i, line in enumerate(["Now is the winter of our discontent. ", "Friends, Romans, countrymen! ", "O Romeo. "]):
+        Path(tmp_path, f"doc{i}.txt").write_text(line * 40)  # different texts: the sequences disagree
+    payload = json.loads(eval_main(args).read_text())
+    assert payload["train_context"] == 64
+    buckets = payload["results"][model_path]["buckets"]
+    assert [(b["start"], b["end"]) for b in buckets[:3]] == [(0, 64), (64, 128), (128, 256)]
+    for bucket in buckets:  # three sequences: a 95% band around every bucket's perplexity
+        assert bucket["perplexity_low"] < bucket["perplexity"] < bucket["perplexity_high"]
+
+
+def test_the_training_context_flag_wins_and_no_card_means_buckets_from_16(model_path, tmp_path):
+    payload = json.loads(eval_main(position_ppl_args(model_path, tmp_path, "--no_plot")).read_text())
+    assert payload["train_context"] is None
+    assert payload["results"][model_path]["buckets"][0]["end"] == 16
+    args = position_ppl_args(model_path, tmp_path, "--no_plot", "--train_context", "32")
+    assert json.loads(eval_main(args).read_text())["results"][model_path]["buckets"][0]["end"] == 32
