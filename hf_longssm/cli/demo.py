@@ -54,7 +54,7 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def train_stage(name: str, config: Path, output_dir: Path, base_dir: Path) -> None:
+def train_stage(name: str, config: Path, output_dir: Path, base_dir: Path, max_steps: int | None = None) -> None:
     target = output_dir / name
     if (target / "train_results.json").is_file():
         say(f"{name}: already trained ({target}), skipped")
@@ -62,6 +62,8 @@ def train_stage(name: str, config: Path, output_dir: Path, base_dir: Path) -> No
     args = ["--config", str(config), "--output_dir", str(target), "--disable_tqdm", "false"]
     if name != "base":
         args += ["--model_name_or_path", str(base_dir)]
+    if max_steps is not None:
+        args += ["--max_steps", str(max_steps)]
     script_args, training_args, model_args = make_parser().parse_args_and_config(args)
     start = time.time()
     say(
@@ -146,6 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval_length", type=int, default=16384, help="bytes per held-out sequence (>= 64 T)")
     parser.add_argument("--sequences_per_book", type=int, default=2)
     parser.add_argument(
+        "--max_steps", type=int, default=None, help="steps of every stage (a smoke test); recipes' own"
+    )
+    parser.add_argument(
         "--recipes_dir", default=RECIPES_DIR, help="folder of the demo's recipe YAMLs (zero/, sp/, tbtt/)"
     )
     args = parser.parse_args(argv)
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     say("stage 2/4: pretrain the base model, then post-train it with each intervention and the zero control")
     for name, config in stages:
-        train_stage(name, config, out, out / "base")
+        train_stage(name, config, out, out / "base", args.max_steps)
 
     say("stage 3/4: position-wise evaluation of every model on the same held-out bytes")
     results = {
