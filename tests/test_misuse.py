@@ -275,20 +275,22 @@ def test_a_truncated_state_file_is_named(tmp_path, finished_run):
 
 
 # ----- metrics and cards --------------------------------------------------------------------------------------------
-def test_eval_state_norms_come_from_evaluation_segments(tmp_path):
+def test_an_evaluation_never_relabels_training_state_norms(tmp_path):
+    """Before: training norms buffered since the last log came out as `eval_state_norm/*` when evaluation logged."""
     trainer = hl.StatePassingTrainer(
         model=tiny_model("mamba2"),
-        args=config(tmp_path, logging_steps=1),
+        args=config(tmp_path, logging_steps=1, eval_max_length=64),
         train_dataset=documents(),
         eval_dataset=documents(4),
     )
     trainer.train()
-    train_logs = [log for log in trainer.state.log_history if "loss" in log]
+    trainer._state_norms["train"] = (torch.tensor([1.0, 2.0]), 1)  # norms buffered between two training logs
     trainer.evaluate()
     eval_log = trainer.state.log_history[-1]
-    assert "eval_loss" in eval_log and eval_log["eval_state_norm/layer_0"] > 0
-    assert "state_norm/layer_0" in train_logs[-1] and "eval_state_norm/layer_0" not in train_logs[-1]
-    assert trainer._state_norms == {"train": (None, 0), "eval": (None, 0)}
+    assert "eval_loss" in eval_log and not any("state_norm" in k for k in eval_log)
+    assert trainer._state_norms["train"][1] == 1  # still waiting for the next training log
+    train_logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert train_logs[-1]["state_norm/layer_0"] > 0
 
 
 def test_the_card_pushed_keeps_the_dataset_and_results_written_after_training(tmp_path):
