@@ -1,9 +1,19 @@
 """The dispatch between mamba-ssm / causal-conv1d kernels and the torch path of `hf_longssm.modeling.ops`.
 
-mamba-ssm and causal-conv1d load their CUDA extensions when imported, so they are imported on first need (a missing
-or broken build must not break `import hf_longssm`). The torch path is exact and always available; the kernel path is
-chosen per call when the kernels import *and* the tensors live on a CUDA device. Which path runs is logged once.
-`reference_scans()` switches every scan to its step-by-step reference (tests, debugging).
+mamba-ssm and causal-conv1d load their compiled extensions when imported, so each kernel function is imported on first
+need, on its own (a missing or broken build must not break `import hf_longssm`, and must disable only what it
+serves): `selective_scan_fn` (Mamba-1; the CUDA extension `selective_scan_cuda`, which mamba-ssm after 2.3.2 builds
+only with `MAMBA_KEEP_CUDA_BUILD=TRUE` and otherwise leaves as `None`), `mamba_chunk_scan_combined` (Mamba-2; Triton)
+and `causal_conv1d_fn` (the CUDA extension `causal_conv1d_cuda`). The torch path is exact and always available; a
+kernel runs when it imports *and* the tensors live on a CUDA device. Which path runs is logged once.
+
+* `HF_LONGSSM_DISABLE_KERNELS=1`: the torch path everywhere (the GPU tests compare both).
+* `HF_LONGSSM_FORCE_KERNELS=1`: the kernel branch for CPU tensors too, and an error instead of the torch path when a
+  kernel is missing (tests: `tests/kernels_cpu/` runs the real wrappers on CPU stand-ins of the extensions and
+  Triton's interpreter). Shapes a kernel refuses still take the torch path (`causal_conv1d_with_state`).
+* `reference_scans()` switches every scan to its step-by-step reference (tests, debugging).
+
+Nothing here reads a tensor value back to the host: the per-segment path queues work and returns.
 """
 
 from __future__ import annotations
@@ -12,7 +22,7 @@ import contextlib
 import functools
 import importlib.util
 import os
-from types import SimpleNamespace
+from collections.abc import Callable
 
 import torch
 from transformers.utils import logging
@@ -28,51 +38,97 @@ from .ops import (
     ssd_chunk_scan,
     ssd_scan_ref,
 )
+from .ops.kernel_correction import attach_final_state_gradient
 
 
 logger = logging.get_logger(__name__)
 
 # Set HF_LONGSSM_DISABLE_KERNELS=1 to force the torch path everywhere (used by the GPU tests to compare both).
 _DISABLE_ENV = "HF_LONGSSM_DISABLE_KERNELS"
+# Set HF_LONGSSM_FORCE_KERNELS=1 to take the kernel branch for CPU tensors too (tests/kernels_cpu).
+_FORCE_ENV = "HF_LONGSSM_FORCE_KERNELS"
+_TRUE = ("1", "true", "TRUE", "True")
 
 
+# ----- the kernels, imported one function at a time ---------------------------------------------------------------
 @functools.cache
-def _import_mamba_ssm() -> SimpleNamespace | None:
+def _import_selective_scan_fn() -> tuple[Callable | None, str]:
     if importlib.util.find_spec("mamba_ssm") is None:
-        return None
+        return None, "mamba-ssm is not installed"
     try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        from mamba_ssm.ops import selective_scan_interface
     except Exception as err:  # a broken build must not break the import of hf_longssm
-        logger.warning(f"mamba_ssm is installed but failed to import ({err}); using the torch path.")
-        return None
-    return SimpleNamespace(selective_scan_fn=selective_scan_fn, mamba_chunk_scan_combined=mamba_chunk_scan_combined)
+        return None, f"mamba_ssm failed to import ({err})"
+    # mamba-ssm 2.3.2 imports `selective_scan_cuda` or fails (above); later versions build it only with
+    # MAMBA_KEEP_CUDA_BUILD=TRUE, import without it and raise on the first call.
+    if getattr(selective_scan_interface, "selective_scan_cuda", None) is None:
+        return None, (
+            "mamba-ssm was built without its CUDA selective scan (reinstall with MAMBA_KEEP_CUDA_BUILD=TRUE "
+            "MAMBA_FORCE_BUILD=TRUE)"
+        )
+    return selective_scan_interface.selective_scan_fn, ""
 
 
 @functools.cache
-def _import_causal_conv1d() -> SimpleNamespace | None:
+def _import_mamba_chunk_scan_combined() -> tuple[Callable | None, str]:
+    if importlib.util.find_spec("mamba_ssm") is None:
+        return None, "mamba-ssm is not installed"
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception as err:
+        return None, f"mamba_ssm's Triton chunk scan failed to import ({err})"
+    return mamba_chunk_scan_combined, ""
+
+
+@functools.cache
+def _import_causal_conv1d_fn() -> tuple[Callable | None, str]:
     if importlib.util.find_spec("causal_conv1d") is None:
-        return None
+        return None, "causal-conv1d is not installed"
     try:
         from causal_conv1d import causal_conv1d_fn
     except Exception as err:
-        logger.warning(f"causal_conv1d is installed but failed to import ({err}); using the torch conv.")
-        return None
-    return SimpleNamespace(causal_conv1d_fn=causal_conv1d_fn)
+        return None, f"causal_conv1d failed to import ({err})"
+    return causal_conv1d_fn, ""
+
+
+_KERNEL_IMPORTS: dict[str, Callable[[], tuple[Callable | None, str]]] = {
+    "selective_scan_fn": _import_selective_scan_fn,
+    "mamba_chunk_scan_combined": _import_mamba_chunk_scan_combined,
+    "causal_conv1d_fn": _import_causal_conv1d_fn,
+}
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0") in _TRUE
 
 
 def _kernels_allowed(tensor: torch.Tensor) -> bool:
-    return tensor.is_cuda and os.environ.get(_DISABLE_ENV, "0") not in ("1", "true", "TRUE")
+    disable, force = _flag(_DISABLE_ENV), _flag(_FORCE_ENV)
+    if disable and force:
+        raise ValueError(f"Both {_DISABLE_ENV}=1 and {_FORCE_ENV}=1 are set: unset one of them.")
+    return not disable and (force or tensor.is_cuda)
 
 
-def mamba_ssm_ops(tensor: torch.Tensor) -> SimpleNamespace | None:
-    """The mamba-ssm functions to use for `tensor`, or `None` for the torch path."""
-    return _import_mamba_ssm() if _kernels_allowed(tensor) else None
+@functools.cache
+def _report_missing(name: str, reason: str) -> None:
+    """Once per kernel function: why it cannot serve (a warning when its package is installed but broken)."""
+    installed = not reason.endswith("is not installed")
+    (logger.warning if installed else logger.info)(f"hf_longssm: {name} is unavailable: {reason}.")
 
 
-def causal_conv1d_ops(tensor: torch.Tensor) -> SimpleNamespace | None:
-    """The causal-conv1d functions to use for `tensor`, or `None` for the torch conv."""
-    return _import_causal_conv1d() if _kernels_allowed(tensor) else None
+def kernel(name: str, tensor: torch.Tensor) -> Callable | None:
+    """The kernel function `name` to use for `tensor`, or `None` for the torch path.
+
+    With HF_LONGSSM_FORCE_KERNELS=1 a missing kernel is an error, not the torch path.
+    """
+    if not _kernels_allowed(tensor):
+        return None
+    fn, reason = _KERNEL_IMPORTS[name]()
+    if fn is None:
+        if _flag(_FORCE_ENV):
+            raise RuntimeError(f"{_FORCE_ENV}=1 but mamba-ssm / causal-conv1d's {name} is unavailable: {reason}.")
+        _report_missing(name, reason)
+    return fn
 
 
 _reference_mode = False
@@ -117,11 +173,54 @@ def report_path(component: str, path: str, tensor: torch.Tensor | None = None) -
 
 
 def kernel_availability() -> dict[str, bool]:
-    """Whether mamba-ssm and causal-conv1d import here (without touching CUDA tensors)."""
-    return {"mamba_ssm": _import_mamba_ssm() is not None, "causal_conv1d": _import_causal_conv1d() is not None}
+    """Whether each kernel function imports here (without touching CUDA tensors): `selective_scan_fn` (Mamba-1),
+    `mamba_chunk_scan_combined` (Mamba-2), `causal_conv1d_fn` (the conv of all three); plus, per package, whether all
+    of its functions do (`mamba_ssm`, `causal_conv1d`)."""
+    available = {name: load()[0] is not None for name, load in _KERNEL_IMPORTS.items()}
+    available["mamba_ssm"] = available["selective_scan_fn"] and available["mamba_chunk_scan_combined"]
+    available["causal_conv1d"] = available["causal_conv1d_fn"]
+    return available
 
 
 # ----- the three state-carrying operations ----------------------------------------------------------------------
+def _conv_kernel_refusal(dim: int, width: int) -> str | None:
+    """Why `causal_conv1d_fn` would refuse this conv in the channel-last layout it needs for a carried window, or
+    None. Dao-AILab/causal-conv1d csrc/causal_conv1d.cpp, `causal_conv1d_fwd` and `causal_conv1d_bwd`:
+    `TORCH_CHECK(width >= 2 && width <= 4, ...)` and, channel-last, `TORCH_CHECK(dim % 8 == 0, ...)`."""
+    if not 2 <= width <= 4:
+        return f"conv width {width} (causal_conv1d_fn takes 2 to 4)"
+    if dim % 8:
+        return f"{dim} channels (causal_conv1d_fn's channel-last layout needs a multiple of 8)"
+    return None
+
+
+@functools.cache
+def _report_conv_refusal(refusal: str, on_cuda: bool) -> None:
+    message = f"hf_longssm: causal_conv1d_fn does not take {refusal}; that conv runs on the torch path"
+    (logger.warning if on_cuda else logger.info)(message + (" (exact, slower)." if on_cuda else "."))
+
+
+def _channel_last(tensor: torch.Tensor) -> torch.Tensor:
+    """`(b, d, l)` values laid out as a contiguous `(b, l, d)`: strides `(l * d, 1, d)` whatever the sizes.
+
+    causal_conv1d.cpp needs, channel-last, `x.stride(0)` and `x.stride(2)` multiples of 8 (and `dout`'s in the
+    backward). `.transpose(1, 2).contiguous()` is not enough: a tensor whose only non-unit dimension is dense counts as
+    contiguous, so a batch-1, one-token segment keeps the strides of the projection it was sliced from.
+    """
+    batch, dim, seq_len = tensor.shape
+    return tensor.new_empty(batch, seq_len, dim).copy_(tensor.transpose(1, 2)).transpose(1, 2)
+
+
+def _is_kernel_channel_last(tensor: torch.Tensor) -> bool:
+    return tensor.stride(1) == 1 and tensor.stride(2) > 1 and tensor.stride(0) % 8 == 0 and tensor.stride(2) % 8 == 0
+
+
+def _channel_last_gradient(grad: torch.Tensor) -> torch.Tensor:
+    # causal_conv1d_bwd re-lays `dout` out only when `dout.stride(1) != 1`; a one-token `dout` with stride (d, 1, 1)
+    # passes that test and then fails `dout.stride(2) % 8 == 0`.
+    return grad if _is_kernel_channel_last(grad) else _channel_last(grad)
+
+
 def causal_conv1d_with_state(
     hidden_states: torch.Tensor,
     conv_state: torch.Tensor,
@@ -129,22 +228,37 @@ def causal_conv1d_with_state(
     bias: torch.Tensor | None,
     activation: str | None = "silu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`causal_conv1d_ref`'s contract, served by causal-conv1d's `causal_conv1d_fn` on CUDA when available."""
-    ops = causal_conv1d_ops(hidden_states)
-    if ops is None:
+    """`causal_conv1d_ref`'s contract, served by causal-conv1d's `causal_conv1d_fn` on CUDA when available and the
+    shape is one it takes (width 2 to 4, channels a multiple of 8); the torch conv otherwise."""
+    causal_conv1d_fn = kernel("causal_conv1d_fn", hidden_states)
+    if causal_conv1d_fn is None:
         report_path("causal conv1d", "torch", hidden_states)
+        return causal_conv1d_ref(hidden_states, conv_state, weight, bias, activation)
+    weight = weight.reshape(weight.shape[0], -1)
+    refusal = _conv_kernel_refusal(hidden_states.shape[1], weight.shape[-1])
+    if refusal is not None:
+        _report_conv_refusal(refusal, hidden_states.is_cuda)
         return causal_conv1d_ref(hidden_states, conv_state, weight, bias, activation)
     check_conv_activation(activation)
     report_path("causal conv1d", "causal-conv1d kernel")
-    weight = weight.reshape(weight.shape[0], -1)
     new_conv_state = next_conv_state(hidden_states, conv_state, weight.shape[-1])
-    # causal_conv1d_fn takes initial states only in channel-last layout (stride 1 along channels).
-    x = hidden_states.transpose(1, 2).contiguous().transpose(1, 2)
-    initial_states = conv_state[..., 1:].to(hidden_states.dtype).transpose(1, 2).contiguous().transpose(1, 2)
-    out = ops.causal_conv1d_fn(
-        x, weight, bias, initial_states=initial_states, activation="silu" if activation else None
-    )
+    # A carried window (`initial_states`) is taken only in the channel-last layout (causal_conv1d.cpp:
+    # "initial_states is only supported for channel last layout", `initial_states.stride(1) == 1`).
+    x = _channel_last(hidden_states)
+    initial_states = _channel_last(conv_state[..., 1:].to(hidden_states.dtype))
+    out = causal_conv1d_fn(x, weight, bias, initial_states=initial_states, activation="silu" if activation else None)
+    if out.requires_grad:
+        out.register_hook(_channel_last_gradient)
     return out, new_conv_state
+
+
+def _zero_start_scan_with_final_state_gradient(
+    selective_scan_fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
+):
+    """mamba-ssm's `selective_scan_fn` with the gradient of its last state, which its backward drops
+    (`ops.kernel_correction`)."""
+    y, last_state = selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
+    return y, attach_final_state_gradient(last_state, u, delta, A, B, delta_bias, delta_softplus)
 
 
 def selective_scan_with_state(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,11 +266,11 @@ def selective_scan_with_state(u, delta, A, B, C, D, z, delta_bias, initial_state
     correction on CUDA when available, the chunked torch scan otherwise (layouts of `selective_scan_ref`)."""
     if use_reference():
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, True, initial_state)
-    ops = mamba_ssm_ops(u)
-    if ops is not None:
+    selective_scan_fn = kernel("selective_scan_fn", u)
+    if selective_scan_fn is not None:
         report_path("Mamba-1 selective scan", "mamba-ssm selective_scan_fn + initial-state correction")
         return selective_scan_from_zero_with_correction(
-            ops.selective_scan_fn,
+            functools.partial(_zero_start_scan_with_final_state_gradient, selective_scan_fn),
             u.contiguous(),
             delta.contiguous(),
             A,
@@ -177,12 +291,17 @@ def ssd_scan_with_state(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mamba-2 scan from `initial_states` (softplus on `dt + dt_bias`, clamped to `dt_limit`): mamba-ssm's
     `mamba_chunk_scan_combined` on CUDA when available, `ssd_chunk_scan` otherwise (layouts of `ssd_scan_ref`)."""
-    ops = mamba_ssm_ops(x)
     if use_reference():
         return ssd_scan_ref(x, discretize(dt, dt_bias, True, dt_limit), A, B, C, D=D, initial_states=initial_states)
-    if ops is not None:
+    mamba_chunk_scan_combined = kernel("mamba_chunk_scan_combined", x)
+    if mamba_chunk_scan_combined is not None:
+        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(
+                f"{_FORCE_ENV}=1 runs mamba-ssm's Triton kernels on CPU tensors only through Triton's interpreter: "
+                "set TRITON_INTERPRET=1 before mamba_ssm is imported (tests/kernels_cpu/conftest.py)."
+            )
         report_path("Mamba-2 chunk scan", "mamba-ssm mamba_chunk_scan_combined")
-        return ops.mamba_chunk_scan_combined(
+        return mamba_chunk_scan_combined(
             x,
             dt,
             A,
