@@ -54,7 +54,9 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def train_stage(name: str, config: Path, output_dir: Path, base_dir: Path, max_steps: int | None = None) -> None:
+def train_stage(
+    name: str, config: Path, output_dir: Path, base_dir: Path, max_steps: int | None = None, seed: int | None = None
+) -> None:
     target = output_dir / name
     if (target / "train_results.json").is_file():
         say(f"{name}: already trained ({target}), skipped")
@@ -64,6 +66,8 @@ def train_stage(name: str, config: Path, output_dir: Path, base_dir: Path, max_s
         args += ["--model_name_or_path", str(base_dir)]
     if max_steps is not None:
         args += ["--max_steps", str(max_steps)]
+    if seed is not None:
+        args += ["--seed", str(seed)]
     script_args, training_args, model_args = make_parser().parse_args_and_config(args)
     start = time.time()
     say(
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     say("stage 2/4: pretrain the base model, then post-train it with each intervention and the zero control")
     for name, config in stages:
-        train_stage(name, config, out, out / "base", args.max_steps)
+        train_stage(name, config, out, out / "base", args.max_steps, args.seed)
 
     say("stage 3/4: position-wise evaluation of every model on the same held-out bytes")
     results = {

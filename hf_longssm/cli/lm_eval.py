@@ -38,6 +38,8 @@ else:
     _MISSING = None
 
 
+# What the table shows for a task that reports several metrics (bits per byte compares tokenizers fairly).
+PREFERRED_METRICS = ("acc", "exact_match", "bits_per_byte")
 # Recorded in the summary JSON: what the numbers depend on.
 RESULT_PACKAGES = ("python", "hf-longssm", "torch", "transformers", "lm-eval")
 
@@ -85,14 +87,19 @@ def model_label(model_id: str) -> str:
 
 def primary_metric(task_results: dict[str, Any], length: int) -> tuple[str, float] | None:
     """The number to show for one task at one length: RULER's per-length metric (named by the length), else the
-    first metric that is not a standard error."""
+    first of `PREFERRED_METRICS` there is, else the first metric that is not a standard error."""
     for key, value in task_results.items():
         if key.split(",")[0] == str(length) and isinstance(value, (int, float)):
             return "string_match", float(value)
-    for key, value in task_results.items():
-        if "," in key and "_stderr" not in key and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return key.split(",")[0], float(value)
-    return None
+    numbers = {
+        key.split(",")[0]: float(value)
+        for key, value in task_results.items()
+        if "," in key and "_stderr" not in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    for name in PREFERRED_METRICS:
+        if name in numbers:
+            return name, numbers[name]
+    return next(iter(numbers.items()), None)
 
 
 def results_table(rows: dict[tuple[str, int], dict[str, tuple[str, float]]], labels: list[str]) -> str:
@@ -122,6 +129,9 @@ def main(argv: list[str] | None = None) -> Path:
             f'hf-longssm lm-eval needs lm-evaluation-harness ({_MISSING}): pip install "hf-longssm[lm-eval]".'
         )
     tasks = list(args.tasks or harness.OFFLINE_TASKS)
+    for task in tasks:
+        if task in harness.RULER_DOWNLOAD_TASKS:
+            print(f"note: {task} downloads {harness.RULER_DOWNLOAD_TASKS[task]}; it fails offline.", file=sys.stderr)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(args.device)
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> Path:
     if len(set(labels)) != len(labels):
         labels = [f"{i}_{label}" for i, label in enumerate(labels)]
     rows: dict[tuple[str, int], dict[str, tuple[str, float]]] = {}
-    written = []
+    written, skipped = [], {}
     for model_id, label in zip(args.model, labels):
         lm = harness.LongSSMLM(
             model_id,
@@ -142,12 +152,21 @@ def main(argv: list[str] | None = None) -> Path:
         model_args = {"pretrained": model_id, "tokenizer": args.tokenizer, "segment_length": args.segment_length}
         model_args |= {"dtype": args.dtype, "device": device, "batch_size": args.batch_size}
         for length in args.max_length:
+            problems = harness.ruler_problems(tasks, lm, length)
+            if problems and args.tasks:
+                raise SystemExit(
+                    "\n".join(f"{task} cannot run at {length} tokens: {why}." for task, why in problems.items())
+                )
+            for task, why in problems.items():
+                skipped[f"{label} @ {length}: {task}"] = why
+                print(f"skipping {task} for {label} at {length} tokens: {why}", file=sys.stderr)
+            run_tasks = [task for task in tasks if task not in problems]
             run_dir = out / label / f"length_{length}"
-            manager = _task_manager(lm, length, args, tasks, run_dir)
+            manager = _task_manager(lm, length, args, run_tasks, run_dir)
             results = lm_eval.simple_evaluate(
                 model=lm,
                 model_args=model_args,
-                tasks=tasks,
+                tasks=run_tasks,
                 task_manager=manager,
                 limit=args.limit,
                 log_samples=args.log_samples,
@@ -171,7 +190,8 @@ def main(argv: list[str] | None = None) -> Path:
     table = results_table(rows, labels)
     table_path = free_path(out / "lm_eval.md")
     command = "hf-longssm lm-eval " + shlex.join(argv)
-    table_path.write_text(f"`{command}`\n\n{table}\n")
+    notes = "".join(f"\n- skipped {where}: {why}" for where, why in skipped.items())
+    table_path.write_text(f"`{command}`\n\n{table}\n{notes}\n")
     write_json(
         {
             "command": command,
@@ -185,6 +205,7 @@ def main(argv: list[str] | None = None) -> Path:
                 for label, (metric, value) in per_model.items()
             ],
             "lm_eval_results": [str(p) for p in written],
+            "skipped": skipped,
         },
         out / "lm_eval.json",
     )
