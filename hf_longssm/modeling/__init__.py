@@ -6,6 +6,7 @@ Imports nothing else of hf_longssm: `ops/` (kernel-free maths) -> `kernels.py` (
 
 from .base import Architecture, SegmentStates, StatefulMixerMixin
 from .kernels import kernel_availability, reference_scans
+from .ops import selective_scan
 from .registry import SUPPORTED_ARCHITECTURES, get_architecture, prepare_model, state_shapes, unwrap_model
 
 
@@ -17,6 +18,7 @@ __all__ = [
     "get_architecture",
     "kernel_availability",
     "reference_scans",
+    "selective_scan",
     "prepare_model",
     "state_shapes",
     "unwrap_model",
