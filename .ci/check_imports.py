@@ -124,8 +124,11 @@ def _import_in_child(names: list[str]) -> str | None:
     if pid == 0:  # child
         os.close(read)
         message = b""
-        for loaded in [m for m in sys.modules if m == "hf_longssm" or m.startswith("hf_longssm.")]:
-            del sys.modules[loaded]  # a parent that imported us already (pytest) must not hide an order problem
+        # A parent that imported us already (pytest) must not hide an order problem; lm_eval goes too, since importing
+        # our harness registers a model in lm_eval's registry, which refuses a second registration.
+        ours = ("hf_longssm", "lm_eval")
+        for loaded in [m for m in sys.modules if m in ours or m.startswith(tuple(f"{o}." for o in ours))]:
+            del sys.modules[loaded]
         try:
             for name in names:
                 importlib.import_module(name)
