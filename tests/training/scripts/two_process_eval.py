@@ -1,6 +1,7 @@
 """Run under `accelerate launch` (2 CPU processes): `trainer.evaluate()` with the documents shared across ranks."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,9 +26,13 @@ def main(output_dir: str) -> None:
     rank = trainer.args.process_index
     out = {"world_size": trainer.args.world_size, "metrics": metrics, "rows": trainer._eval_input_ids.tolist()}
     Path(output_dir, f"eval_rank{rank}.json").write_text(json.dumps(out))
+    # Both ranks have written their records: meet once, then leave without tearing gloo down. Left to interpreter
+    # shutdown it can abort ("terminate called ..."), and destroy_process_group after a barrier can hang a rank whose
+    # peer is already gone (seen under load).
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

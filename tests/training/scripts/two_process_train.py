@@ -1,6 +1,7 @@
 """Run under `accelerate launch --num_processes 2 --cpu`: TBTT training, each rank records what it saw."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,10 +57,13 @@ def main(output_dir: str, max_steps: int, resume: str | None):
     streams = trainer.train_dataset.streams.tolist()
     out = {"rank": rank, "world_size": trainer.args.world_size, "records": trainer.records, "streams": streams}
     Path(output_dir, f"records_rank{rank}_{'resumed' if resume else 'fresh'}.json").write_text(json.dumps(out))
-    # Tear the gloo group down before exit: left to interpreter shutdown it can abort ("terminate called ...").
+    # Both ranks have written their records: meet once, then leave without tearing gloo down. Left to interpreter
+    # shutdown it can abort ("terminate called ..."), and destroy_process_group after a barrier can hang a rank whose
+    # peer is already gone (seen under load).
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
