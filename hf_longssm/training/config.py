@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -11,6 +16,19 @@ from .interventions import INTERVENTIONS
 
 STATE_INITS = tuple(INTERVENTIONS)
 _STATE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def exit_with_launcher() -> None:
+    """Under `accelerate launch` / `torchrun` (Linux), die with the launcher: a killed launcher must not leave its
+    workers training on their own, writing checkpoints nobody resumes, or joining the rendezvous of the next launch
+    on the same port (which then hangs). Called before the process group is created."""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os._exit(1)
 
 
 @dataclass
@@ -123,6 +141,7 @@ class StatePassingConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        exit_with_launcher()  # before TrainingArguments creates the process group
         super().__post_init__()
         if self.state_init not in STATE_INITS:
             raise ValueError(f"state_init={self.state_init!r} is not one of {list(STATE_INITS)}.")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -61,18 +57,6 @@ def apply_default_lora_targets(model, peft_config):
     return get_peft_model(model, peft_config)
 
 
-def exit_with_launcher() -> None:
-    """Under `accelerate launch` / `torchrun` (Linux), die with the launcher: a killed launcher must not leave its
-    workers training on their own and writing checkpoints nobody resumes."""
-    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1  # <linux/prctl.h>
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the launcher died before the request took effect
-        os._exit(1)
-
-
 class StatePassingTrainer(Trainer):
     """A [`~transformers.Trainer`] whose every training segment starts from the state chosen by
     `StatePassingConfig.state_init`, with that state kept per process and saved with every checkpoint.
@@ -102,8 +86,7 @@ class StatePassingTrainer(Trainer):
         peft_config=None,
         **kwargs: Any,
     ):
-        # 1. Arguments and process
-        exit_with_launcher()
+        # 1. Arguments (StatePassingConfig has tied this process to its launcher, see `exit_with_launcher`)
         if args is None:
             args = StatePassingConfig(output_dir="tmp_trainer")
         elif not isinstance(args, StatePassingConfig):

@@ -171,6 +171,29 @@ def test_save_total_limit_never_deletes_the_last_complete_checkpoint_before_the_
     assert losses(output_dir) == pytest.approx(reference, abs=1e-5)
 
 
+def workers_of(tmp_path: Path) -> list[int]:
+    """The PIDs the test hook recorded whose parent is another recorded process: `accelerate launch`'s workers."""
+    recorded = {int(p.stem): int(p.read_text()) for p in (tmp_path / "pids").glob("*.pid")}
+    return [pid for pid, parent in recorded.items() if parent in recorded]
+
+
+def wait_until_gone(pids: list[int], seconds: float = 30.0) -> bool:
+    deadline = time.time() + seconds
+    while any(alive(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    return not any(alive(pid) for pid in pids)
+
+
+@pytest.mark.multiprocess
+def test_killing_accelerate_launch_while_its_workers_start_stops_them(tmp_path):
+    # Killed while its workers are still importing, before they join the process group: a worker left running then
+    # would join the next launch's rendezvous (same port) and hang it.
+    recipe = write_recipe(tmp_path, "run")
+    kill_when(recipe, tmp_path, lambda out: len(workers_of(tmp_path)) == 2, processes=2)
+    assert wait_until_gone(workers_of(tmp_path))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.multiprocess
 def test_killing_accelerate_launch_stops_its_workers_and_the_run_resumes_exactly(tmp_path):
     reference_dir = tmp_path / "reference"
@@ -179,11 +202,7 @@ def test_killing_accelerate_launch_stops_its_workers_and_the_run_resumes_exactly
     recipe = write_recipe(tmp_path, "run")
     kill_when(recipe, tmp_path, complete(4), processes=2)
     # The launcher is gone: its workers must not go on training on their own.
-    workers = [int(p.stem) for p in (tmp_path / "pids").glob("*.pid")]
-    deadline = time.time() + 20
-    while any(alive(pid) for pid in workers) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers)
+    assert wait_until_gone(workers_of(tmp_path))
     assert not complete(8)(tmp_path / "run")
     run(recipe, tmp_path, processes=2)
     assert losses(tmp_path / "run") == pytest.approx(losses(reference_dir / "run"), abs=1e-5)
@@ -207,5 +226,6 @@ def test_random_kills(tmp_path, processes):
         recipe = write_recipe(trial_dir, "run")
         deadline = time.time() + rng.uniform(0.1, 0.9) * duration
         kill_when(recipe, trial_dir, lambda out, at=deadline: time.time() > at, processes=processes)
+        assert wait_until_gone(workers_of(trial_dir)), trial  # none left to join the next launch
         run(recipe, trial_dir, processes=processes)
         assert losses(trial_dir / "run") == pytest.approx(expected, abs=1e-5), trial
