@@ -83,11 +83,13 @@ def environment(tmp_path: Path, slow_save: float = 0.0) -> dict:
     }
 
 
-def run(recipe: Path, tmp_path: Path, processes: int = 1) -> None:
+def run(recipe: Path, tmp_path: Path, processes: int = 1) -> str:
+    """Run to the end; return what it logged."""
     result = subprocess.run(
         command(recipe, processes), env=environment(tmp_path), capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    return result.stderr
 
 
 def losses(output_dir: Path) -> list[float]:
@@ -95,8 +97,11 @@ def losses(output_dir: Path) -> list[float]:
     return [log["loss"] for log in state["log_history"] if "loss" in log]
 
 
-def kill_when(recipe: Path, tmp_path: Path, condition, processes: int = 1, slow_save: float = 0.0) -> float:
-    """Start the run, SIGKILL the launched process as soon as `condition(output_dir)` holds; return when."""
+def kill_when(
+    recipe: Path, tmp_path: Path, condition, processes: int = 1, slow_save: float = 0.0, may_finish: bool = False
+) -> bool:
+    """Start the run, SIGKILL the launched process as soon as `condition(output_dir)` holds. Returns whether it was
+    killed (False: it finished first, allowed only with `may_finish`)."""
     process = subprocess.Popen(
         command(recipe, processes),
         env=environment(tmp_path, slow_save),
@@ -108,13 +113,17 @@ def kill_when(recipe: Path, tmp_path: Path, condition, processes: int = 1, slow_
     output_dir = Path(yaml.safe_load(recipe.read_text())["output_dir"])
     start = time.time()
     while not condition(output_dir):
-        assert process.poll() is None, f"the run ended before the kill: {process.stderr.read()[-3000:]}"
+        if process.poll() is not None:
+            error = process.stderr.read()[-3000:]
+            process.stderr.close()
+            assert may_finish and process.returncode == 0, f"the run ended before the kill: {error}"
+            return False
         assert time.time() - start < 300, "the kill condition never held"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     process.stderr.close()
-    return time.time() - start
+    return True
 
 
 def complete(step: int):
@@ -220,12 +229,20 @@ def test_random_kills(tmp_path, processes):
     duration = time.time() - start  # a kill moment is drawn over the whole run, start-up and saves included
     expected = losses(reference_dir / "run")
     rng = random.Random(processes)
+    killed = 0
     for trial in range(10):
         trial_dir = tmp_path / f"trial{trial}"
         trial_dir.mkdir()
         recipe = write_recipe(trial_dir, "run")
         deadline = time.time() + rng.uniform(0.1, 0.9) * duration
-        kill_when(recipe, trial_dir, lambda out, at=deadline: time.time() > at, processes=processes)
+        # The reference ran cold: a late moment can fall after a warm run's end (then nothing is left to resume).
+        killed += kill_when(
+            recipe, trial_dir, lambda out, at=deadline: time.time() > at, processes=processes, may_finish=True
+        )
         assert wait_until_gone(workers_of(trial_dir)), trial  # none left to join the next launch
-        run(recipe, trial_dir, processes=processes)
+        saved = [s for s in range(SAVE_STEPS, MAX_STEPS + 1, SAVE_STEPS) if complete(s)(trial_dir / "run")]
+        log = run(recipe, trial_dir, processes=processes)
+        if saved and saved[-1] < MAX_STEPS:  # lost only the steps since the newest complete checkpoint
+            assert f"Resuming from {trial_dir / 'run' / f'checkpoint-{saved[-1]}'}" in log, trial
         assert losses(trial_dir / "run") == pytest.approx(expected, abs=1e-5), trial
+    assert killed >= 8, f"only {killed} of 10 runs were killed before they finished"
