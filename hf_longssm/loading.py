@@ -137,6 +137,17 @@ def _dtype(dtype: Any) -> Any:
     raise ValueError(f"dtype={dtype!r}: give a torch.dtype or one of {list(DTYPES)}.")
 
 
+def mamba_ssm_vocab_size(name_or_path) -> int | None:
+    """The (padded) vocabulary size `load_model` gives the mamba_ssm checkpoint `name_or_path`, from its folder or the
+    Hub cache, without downloading; `None` for a transformers checkpoint or one not found locally."""
+    try:
+        config_file = fetch_file(name_or_path, "config.json", {"local_files_only": True}, required=False)
+    except FileNotFoundError:
+        return None
+    config = json.loads(config_file.read_text()) if config_file is not None else {}
+    return to_transformers_config(config).vocab_size if is_mamba_ssm_config(config) else None
+
+
 def _read_weights(name_or_path, download: dict) -> dict[str, torch.Tensor]:
     """A mamba_ssm checkpoint's weights: `model.safetensors` if it has one, else `pytorch_model.bin`."""
     for filename in MAMBA_SSM_WEIGHTS:

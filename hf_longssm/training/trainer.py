@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..evaluation.perplexity import PositionPerplexity, log_buckets, position_me
 from ..evaluation.text import documents_to_input_ids
 from ..forward import check_token_ids, forward_with_state
 from ..hub import render_model_card, results_table
-from ..loading import load_model
+from ..loading import load_model, mamba_ssm_vocab_size
 from ..modeling import get_architecture, kernel_availability, prepare_model, unwrap_model
 from ..sources import is_offline
 from .callbacks import EvalPlotCallback
@@ -258,6 +259,25 @@ class StatePassingTrainer(Trainer):
                     f"while saving). The newest complete checkpoint there is {last}."
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # peft's `save_embedding_layers="auto"` compares the vocabulary with the base's config.json; a mamba_ssm
+        # checkpoint's holds the unpadded size (50277, loaded padded to 50280), so every adapter would carry a copy of
+        # the unchanged embedding. Say what is true: the vocabulary is the loaded one.
+        model = self.accelerator.unwrap_model(self.model)
+        peft_config = getattr(model, "peft_config", {}).get("default")
+        base = getattr(peft_config, "base_model_name_or_path", None)
+        if not base or mamba_ssm_vocab_size(base) != model.config.vocab_size:
+            return super()._save(output_dir, state_dict)
+        targeted = hasattr(model.get_input_embeddings(), "base_layer")  # a LoRA target: peft decides as it would
+        save_embedding_layers = "auto" if targeted else False
+        model.save_pretrained = functools.partial(
+            type(model).save_pretrained, model, save_embedding_layers=save_embedding_layers
+        )
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            del model.save_pretrained
 
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = self._get_output_dir(trial=trial)

@@ -95,3 +95,35 @@ def test_lora_card_keeps_peft_fields(tmp_path):
     assert card.data.base_model == "state-spaces/mamba-130m-hf"
     assert "lora" in card.data.tags and "hf_longssm" in card.data.tags
     assert "AutoPeftModelForCausalLM" in card.text and "AutoTokenizer" in card.text
+
+
+def test_lora_on_a_mamba_ssm_checkpoint_saves_only_the_adapter_and_reloads(tmp_path):
+    # mamba_ssm's config.json says vocab_size 257; the loaded model has it padded (264). peft's "auto" check reads
+    # that config.json, sees a resized vocabulary and would save the whole embedding into the adapter.
+    from safetensors.torch import load_file
+
+    from tests.hub_cache import mamba_ssm_files, tiny_mamba1_with_mamba_ssm_defaults
+
+    base_dir = tmp_path / "mamba-tiny"
+    base_dir.mkdir()
+    config = {"d_model": 16, "n_layer": 2, "vocab_size": 257, "ssm_cfg": {}, "pad_vocab_size_multiple": 8}
+    for name, data in mamba_ssm_files(tiny_mamba1_with_mamba_ssm_defaults(), config).items():
+        (base_dir / name).write_bytes(data)
+    model = hl.load_model(base_dir)
+    assert model.config.vocab_size == 264
+    documents = Dataset.from_dict({"input_ids": torch.randint(1, 257, (8, 160)).tolist()})
+    args = hl.StatePassingConfig(
+        output_dir=str(tmp_path / "adapter"), segment_length=16, per_device_train_batch_size=4, max_steps=2,
+        learning_rate=1e-2, use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    trainer = hl.StatePassingTrainer(model=model, args=args, train_dataset=documents, peft_config=peft.LoraConfig(r=4))
+    trainer.train()
+    trainer.save_model()
+
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert saved and all("lora_" in name for name in saved), sorted(saved)
+    ids = torch.randint(1, 257, (2, 40))
+    with torch.no_grad():
+        trained = hl.forward_with_state(trainer.model, ids)[0].logits
+        reloaded = hl.forward_with_state(hl.load_model(tmp_path / "adapter"), ids)[0].logits
+    torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=1e-5)
