@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--max_steps", type=int, default=None, help="steps of every stage (a smoke test); recipes' own"
     )
+    parser.add_argument("--seed", type=int, default=None, help="seed of every stage (a second look); recipes' own")
     parser.add_argument(
         "--recipes_dir", default=RECIPES_DIR, help="folder of the demo's recipe YAMLs (zero/, sp/, tbtt/)"
     )

@@ -23,15 +23,17 @@ def test_missing_recipes_are_an_error_naming_the_flag(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow  # ~2 minutes of CPU: six stages trained and evaluated (RUN_SLOW=1)
 def test_a_shrunk_demo_writes_results_with_the_far_near_ratio_of_every_model(tmp_path, monkeypatch):
+    # `make demo`'s own command, shrunk (~2 minutes): six stages trained and evaluated.
     import json
+
+    import torch
 
     monkeypatch.chdir(ROOT)
     out = tmp_path / "demo"
-    report = demo.main(
-        ["--output_dir", str(out), "--max_steps", "3", "--eval_length", "4096", "--sequences_per_book", "1"]
-    )
+    shrunk = ["--max_steps", "3", "--eval_length", "4096", "--sequences_per_book", "1"]
+    report = demo.main(["--output_dir", str(out), *shrunk, "--seed", "7"])
+    assert torch.load(out / "tbtt" / "training_args.bin", weights_only=False).seed == 7
     names = ["base", "random_noise", "fitted_noise", "state_passing", "tbtt", "zero"]
     assert list(report["models"]) == names and report["train_context"] == 32
     assert all(b.keys() >= {"start", "end", "perplexity"} for b in report["models"]["base"])
@@ -42,5 +44,5 @@ def test_a_shrunk_demo_writes_results_with_the_far_near_ratio_of_every_model(tmp
     assert (out / "perplexity_by_position.png").stat().st_size > 10_000
     # A second run finds every stage done and changes nothing.
     before = (out / "results.json").read_text()
-    demo.main(["--output_dir", str(out), "--max_steps", "3", "--eval_length", "4096", "--sequences_per_book", "1"])
+    demo.main(["--output_dir", str(out), *shrunk, "--seed", "7"])
     assert (out / "results.json").read_text() == before
