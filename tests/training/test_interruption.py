@@ -92,6 +92,20 @@ def run(recipe: Path, tmp_path: Path, processes: int = 1) -> str:
     return result.stderr
 
 
+def timed_run(recipe: Path, tmp_path: Path, processes: int, slow_save: float) -> tuple[float, float]:
+    """Run to the end; return how long it took, and how long from the creation of its output folder on."""
+    output_dir = Path(yaml.safe_load(recipe.read_text())["output_dir"])
+    env = environment(tmp_path, slow_save)
+    started, created = time.time(), None
+    process = subprocess.Popen(command(recipe, processes), env=env, stderr=subprocess.DEVNULL, cwd=ROOT)
+    while process.poll() is None:
+        if created is None and output_dir.exists():
+            created = time.time()
+        time.sleep(0.02)
+    assert process.returncode == 0 and created is not None
+    return time.time() - started, time.time() - created
+
+
 def losses(output_dir: Path) -> list[float]:
     state = json.loads((output_dir / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
     return [log["loss"] for log in state["log_history"] if "loss" in log]
@@ -220,29 +234,49 @@ def test_killing_accelerate_launch_stops_its_workers_and_the_run_resumes_exactly
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 def test_random_kills(tmp_path, processes):
-    """20 kills at random moments (RUN_SLOW=1): never more lost than the steps since the last complete checkpoint,
-    and every resume exact."""
-    reference_dir = tmp_path / "reference"
+    """20 kills at random moments (RUN_SLOW=1; 10 per process count): never more lost than the steps since the last
+    complete checkpoint, and every resume exact. Start-up takes most of a run this small, so half the moments are
+    drawn over the whole run and half over its training phase (from the output folder's creation on), where each
+    save pauses 0.5 s (test hook) so that kills land inside saves too."""
+    pause = 0.5
+    reference_dir, timing_dir = tmp_path / "reference", tmp_path / "timing"
     reference_dir.mkdir()
-    start = time.time()
+    timing_dir.mkdir()
     run(write_recipe(reference_dir, "run"), reference_dir, processes=processes)
-    duration = time.time() - start  # a kill moment is drawn over the whole run, start-up and saves included
     expected = losses(reference_dir / "run")
+    # Timed warm (the first launch also pays for cold imports), with the trials' paused saves.
+    whole, phase = timed_run(write_recipe(timing_dir, "run"), timing_dir, processes, slow_save=pause)
     rng = random.Random(processes)
-    killed = 0
+    killed, moments = 0, []
     for trial in range(10):
         trial_dir = tmp_path / f"trial{trial}"
         trial_dir.mkdir()
         recipe = write_recipe(trial_dir, "run")
-        deadline = time.time() + rng.uniform(0.1, 0.9) * duration
-        # The reference ran cold: a late moment can fall after a warm run's end (then nothing is left to resume).
-        killed += kill_when(
-            recipe, trial_dir, lambda out, at=deadline: time.time() > at, processes=processes, may_finish=True
-        )
+        if trial % 2 == 0:  # anywhere in the run, start-up included
+            at = time.time() + rng.uniform(0.05, 0.95) * whole
+
+            def condition(out, at=at):
+                return time.time() > at
+
+        else:  # in the training phase: steps, saves, the final save
+            delay, seen = rng.uniform(0.0, 1.0) * phase, []
+
+            def condition(out, delay=delay, seen=seen):
+                if not seen and out.exists():
+                    seen.append(time.time())
+                return bool(seen) and time.time() - seen[0] > delay
+
+        # A late moment can still fall after a run's end (then nothing is left to resume).
+        killed_now = kill_when(recipe, trial_dir, condition, processes=processes, slow_save=pause, may_finish=True)
+        killed += killed_now
         assert wait_until_gone(workers_of(trial_dir)), trial  # none left to join the next launch
         saved = [s for s in range(SAVE_STEPS, MAX_STEPS + 1, SAVE_STEPS) if complete(s)(trial_dir / "run")]
+        partial = [p.name for p in sorted((trial_dir / "run").glob("checkpoint-*")) if int(p.name[11:]) not in saved]
+        moments.append((trial, killed_now, saved, partial))
         log = run(recipe, trial_dir, processes=processes)
         if saved and saved[-1] < MAX_STEPS:  # lost only the steps since the newest complete checkpoint
             assert f"Resuming from {trial_dir / 'run' / f'checkpoint-{saved[-1]}'}" in log, trial
         assert losses(trial_dir / "run") == pytest.approx(expected, abs=1e-5), trial
+    for trial, killed_now, saved, partial in moments:  # what the kills hit (pytest -s)
+        print(f"{processes} process(es), trial {trial}: killed={killed_now} complete={saved} mid-save={partial}")
     assert killed >= 8, f"only {killed} of 10 runs were killed before they finished"
