@@ -59,14 +59,20 @@ def _tokenizer(name: str):
     return load_tokenizer(name)
 
 
-def _options(kwargs: dict[str, Any]) -> tuple[Any, list[int], int, int]:
-    """(tokenizer, lengths, seed, num_samples) from the metadata lm-eval hands a builder."""
+def _tokenizer_name(kwargs: dict[str, Any]) -> str:
+    """The tokenizer (or model) the task metadata names."""
     name = next((kwargs[k] for k in ("tokenizer", "pretrained") if isinstance(kwargs.get(k), str) and kwargs[k]), None)
     if name is None:
         raise ValueError(
             "The hf_longssm tasks size their prompts in tokens and need the model's tokenizer: pass it in the task "
             'metadata, e.g. --metadata \'{"tokenizer": "path/to/model"}\' (hf-longssm lm-eval does this for you).'
         )
+    return name
+
+
+def _options(kwargs: dict[str, Any]) -> tuple[Any, list[int], int, int]:
+    """(tokenizer, lengths, seed, num_samples) from the metadata lm-eval hands a builder."""
+    name = _tokenizer_name(kwargs)
     lengths = [int(n) for n in kwargs.get("max_seq_lengths", DEFAULT_LENGTHS)]
     if not lengths or min(lengths) < 1:
         raise ValueError(f"max_seq_lengths must be positive token counts, got {lengths}.")
@@ -143,7 +149,7 @@ def fact_retrieval(**kwargs: Any) -> dict[str, datasets.Dataset]:
     locations are scored as continuations of one context: the adapter reads that context once.
     """
     tokenizer, lengths, seed, num_samples = _options(kwargs)
-    name = next(kwargs[k] for k in ("tokenizer", "pretrained") if isinstance(kwargs.get(k), str) and kwargs[k])
+    name = _tokenizer_name(kwargs)
     lines = _filler_lines(name, str(kwargs.get("cache_dir", DEFAULT_CACHE)))
     rows = []
     for length in lengths:
@@ -195,7 +201,7 @@ def book_perplexity(**kwargs: Any) -> dict[str, datasets.Dataset]:
     """`longssm_book_perplexity`: passages of `length` tokens from the held-out plays, scored whole
     (`loglikelihood_rolling`: bits per byte, byte and word perplexity), each from a seeded start in a seeded play."""
     tokenizer, lengths, seed, num_samples = _options(kwargs)
-    name = next(kwargs[k] for k in ("tokenizer", "pretrained") if isinstance(kwargs.get(k), str) and kwargs[k])
+    name = _tokenizer_name(kwargs)
     plays = _held_out_ids(name, str(kwargs.get("cache_dir", DEFAULT_CACHE)))
     rows = []
     for length in lengths:
