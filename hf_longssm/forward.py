@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .modeling import SegmentStates, prepare_model, state_shapes
+from .modeling import SegmentStates, cache_argument, prepare_model, state_shapes
 from .state import CarriedState
 
 
@@ -111,12 +111,13 @@ def forward_with_state(
             state = state.to(device=reference.device)
 
     checkpointing = getattr(base, "is_activation_checkpointing", None)
-    if checkpointing is None:  # transformers < 5.2x
+    if checkpointing is None:  # older transformers
         checkpointing = base.is_gradient_checkpointing
     if checkpointing and base.training and any(t.requires_grad for t in state.conv_states + state.recurrent_states):
         raise ValueError(
             "Gradient checkpointing cannot backpropagate into a carried state that requires grad. Detach the state "
-            "(state.detach(), as TBTT and state passing do) or set `gradient_checkpointing=False`."
+            "(state.detach(), as TBTT and state passing do) or set `activation_checkpointing=False` "
+            "(its older name: `gradient_checkpointing=False`)."
         )
 
     if kwargs.get("shift_labels") is not None:
@@ -127,7 +128,8 @@ def forward_with_state(
         kwargs["labels"] = labels
 
     segment = SegmentStates(state.conv_states, state.recurrent_states)
-    output = model(input_ids=input_ids, cache_params=segment, use_cache=False, **kwargs)
+    kwargs[cache_argument(base)] = segment
+    output = model(input_ids=input_ids, use_cache=False, **kwargs)
     return output, CarriedState(*segment.final_states(), config=state.config)
 
 

@@ -184,13 +184,13 @@ class CarriedState:
         """The model's own `DynamicCache`, filled with this state: `generate()` and one-token decoding continue
         from it.
 
-        Pass it as `cache_params=`: transformers 5.23's Mamba, FalconMamba and Mamba-2 models take the cache under
-        that name in `forward` and `generate` (`past_key_values=` is refused by `generate` as an unused kwarg).
+        Pass it under the name the installed transformers uses, `hf_longssm.modeling.cache_argument(model)`: `cache=`
+        from 5.24 on, `cache_params=` up to 5.23 (`past_key_values=` is refused by `generate` as an unused kwarg).
         Feed the next token only: the cache already holds everything before it.
 
         Example:
             >>> _, state = forward_with_state(model, input_ids[:, :-1])
-            >>> model.generate(input_ids[:, -1:], cache_params=state.to_cache(), max_new_tokens=20)
+            >>> model.generate(input_ids[:, -1:], max_new_tokens=20, **{cache_argument(model): state.to_cache()})
         """
         config = config if config is not None else self.config
         if config is None:

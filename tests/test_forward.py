@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 import hf_longssm as hl
 from hf_longssm import evaluation
-from hf_longssm.modeling import reference_scans
+from hf_longssm.modeling import cache_argument, reference_scans
 from hf_longssm.tokenization import byte_tokenizer
-from tests.utils import MODEL_TYPES, run_segments, tiny_model
+from tests.utils import MODEL_TYPES, enable_checkpointing, run_segments, tiny_model
 
 
 SPLITS = {
@@ -41,7 +41,7 @@ def test_segmented_logits_and_final_state_equal_one_pass(model_type, split):
         seg_logits, state = run_segments(model, ids, SPLITS[split])
     assert (seg_logits - one_pass.logits).abs().max().item() < 1e-4
     # Final states equal the ones transformers leaves in its own cache after one pass.
-    reference = hl.CarriedState.from_cache(one_pass.cache_params)
+    reference = hl.CarriedState.from_cache(getattr(one_pass, cache_argument(model)))
     for ours, theirs in zip(state.recurrent_states, reference.recurrent_states):
         torch.testing.assert_close(ours, theirs.float(), atol=1e-5, rtol=1e-4)
     for ours, theirs in zip(state.conv_states, reference.conv_states):
@@ -136,7 +136,7 @@ def test_gradient_checkpointing_is_exact_with_detached_state(model_type):
     def grads(checkpointing):
         model = tiny_model(model_type).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_checkpointing(model)
         _, state = hl.forward_with_state(model, ids[:, :20])
         out, _ = hl.forward_with_state(model, ids[:, 20:-1], state.detach(), shift_labels=ids[:, 21:])
         out.loss.backward()
@@ -217,10 +217,10 @@ def test_padding_inside_a_segment_is_refused():
 
 def test_checkpointing_with_a_state_that_needs_grad_is_refused():
     model = tiny_model("mamba2").train()
-    model.gradient_checkpointing_enable()
+    enable_checkpointing(model)
     ids = torch.randint(0, 64, (1, 8))
     _, state = hl.forward_with_state(model, ids)
-    with pytest.raises(ValueError, match="gradient_checkpointing=False"):
+    with pytest.raises(ValueError, match="activation_checkpointing=False"):
         hl.forward_with_state(model, ids, state)  # not detached
     hl.forward_with_state(model, ids, state.detach())
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import hf_longssm as hl
+from hf_longssm.modeling import cache_argument
 from tests.utils import MODEL_TYPES, run_segments, tiny_model
 
 
@@ -96,7 +97,9 @@ def test_to_cache_then_transformers_decode_matches(model_type):
         full = model(ids).logits
         _, state = run_segments(model, ids[:, :40], [13, 27])
         cache = state.to_cache()
-        steps = [model(ids[:, t : t + 1], cache_params=cache, use_cache=True).logits for t in range(40, 48)]
+        steps = [
+            model(ids[:, t : t + 1], use_cache=True, **{cache_argument(model): cache}).logits for t in range(40, 48)
+        ]
         # ... and back: the cache after decoding is a CarriedState that continues exactly.
         state_after = hl.CarriedState.from_cache(cache, model.config)
         _, expected = hl.forward_with_state(model, ids, None)
@@ -114,6 +117,6 @@ def test_generate_continues_from_carried_state(model_type):
         plain = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
         out, state = hl.forward_with_state(model, ids[:, :-1])
         continued = model.generate(
-            ids[:, -1:], cache_params=state.to_cache(), max_new_tokens=6, do_sample=False, pad_token_id=0
+            ids[:, -1:], max_new_tokens=6, do_sample=False, pad_token_id=0, **{cache_argument(model): state.to_cache()}
         )
     assert continued[0, 1:].tolist() == plain[0, 30:].tolist()

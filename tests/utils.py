@@ -65,3 +65,11 @@ def run_segments(model, ids, sizes, state=None, **kwargs):
         out, state = hl.forward_with_state(model, ids[:, start:end], state, **kwargs)
         logits.append(out.logits)
     return torch.cat(logits, dim=1), state
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing under the name the installed transformers does not deprecate."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable()
+    else:
+        model.gradient_checkpointing_enable()

@@ -50,7 +50,7 @@ from transformers import PreTrainedModel
 
 from ..forward import eval_mode, iter_segments, prefill
 from ..loading import DTYPES, load_model, resolve_tokenizer
-from ..modeling import unwrap_model
+from ..modeling import cache_argument, unwrap_model
 from ..state import CarriedState
 from .lm_eval_tasks import TASKS_DIR
 from .lm_eval_tasks.builders import global_seed, use_offline_punkt
@@ -354,7 +354,7 @@ class LongSSMLM(TemplateLM):
                     state = CarriedState.zeros(self._model, len(batch))
                 output = self._model.generate(
                     ids[:, -1:],
-                    cache_params=state.to_cache(unwrap_model(self._model).config),
+                    **{cache_argument(self._model): state.to_cache(unwrap_model(self._model).config)},
                     max_new_tokens=max_gen_toks,
                     stopping_criteria=stop_sequences_criteria(self.tokenizer, until, 1, len(batch)),
                     pad_token_id=self.tokenizer.pad_token_id

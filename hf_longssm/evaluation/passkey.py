@@ -7,7 +7,7 @@ import random
 import torch
 
 from ..forward import eval_mode, prefill
-from ..modeling import unwrap_model
+from ..modeling import cache_argument, unwrap_model
 
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -51,7 +51,7 @@ def _greedy_from_state(model, state, first_token: torch.Tensor, max_new_tokens: 
     cache = state.to_cache(config)
     token, generated = first_token, []
     for _ in range(max_new_tokens):
-        logits = model(input_ids=token, cache_params=cache, use_cache=True).logits[:, -1]
+        logits = model(input_ids=token, use_cache=True, **{cache_argument(model): cache}).logits[:, -1]
         token = logits.argmax(-1, keepdim=True)
         generated.append(int(token))
     return generated

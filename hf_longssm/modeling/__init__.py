@@ -7,7 +7,14 @@ Imports nothing else of hf_longssm: `ops/` (kernel-free maths) -> `kernels.py` (
 from .base import Architecture, SegmentStates, StatefulMixerMixin
 from .kernels import kernel_availability, reference_scans
 from .ops import selective_scan
-from .registry import SUPPORTED_ARCHITECTURES, get_architecture, prepare_model, state_shapes, unwrap_model
+from .registry import (
+    SUPPORTED_ARCHITECTURES,
+    cache_argument,
+    get_architecture,
+    prepare_model,
+    state_shapes,
+    unwrap_model,
+)
 
 
 __all__ = [
@@ -15,6 +22,7 @@ __all__ = [
     "Architecture",
     "SegmentStates",
     "StatefulMixerMixin",
+    "cache_argument",
     "get_architecture",
     "kernel_availability",
     "reference_scans",

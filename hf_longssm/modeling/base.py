@@ -37,7 +37,7 @@ class Architecture:
 
 
 class SegmentStates:
-    """What the stateful mixers read and write during one segment, passed to the model as `cache_params`.
+    """What the stateful mixers read and write during one segment, passed to the model as its cache argument.
 
     Initial states are only read; final states go to separate slots as fresh tensors (nothing is written in place,
     so a tensor autograd saved is never modified). Under gradient checkpointing the recomputation reads the same
@@ -71,14 +71,33 @@ class SegmentStates:
 
 
 class StatefulMixerMixin:
-    """Serve `SegmentStates` passed as `cache_params`; otherwise behave exactly as transformers' mixer, so
-    `generate()`, saving and loading are unchanged.
+    """Serve `SegmentStates` passed as the cache; otherwise behave exactly as transformers' mixer, so `generate()`,
+    saving and loading are unchanged.
+
+    transformers names the mixer's cache argument `cache_params` up to 5.23 and `cache` from 5.24 on; the blocks pass
+    it by keyword. The override reads either name and hands every other call to transformers' forward with its
+    arguments untouched, so it never triggers the rename's deprecation warning and follows whatever the installed
+    version's mixer does.
 
     Subclasses set `segment_forward` and wrap `forward` with transformers' `force_accelerate_hooks` for the child
     modules whose weights the mixer reads directly.
     """
 
-    def forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
-        if isinstance(cache_params, SegmentStates):
-            return cache_params.run_layer(self, hidden_states)
-        return super().forward(hidden_states, cache_params=cache_params, attention_mask=attention_mask, **kwargs)
+    def forward(self, hidden_states, *args, **kwargs):
+        segment = segment_states_in(args, kwargs)
+        if segment is not None:
+            return segment.run_layer(self, hidden_states)
+        return super().forward(hidden_states, *args, **kwargs)
+
+
+CACHE_ARGUMENTS = ("cache", "cache_params")  # transformers >= 5.24, <= 5.23
+
+
+def segment_states_in(args: tuple, kwargs: dict) -> SegmentStates | None:
+    """The `SegmentStates` among a mixer call's arguments (the cache, under either name or first positional)."""
+    for name in CACHE_ARGUMENTS:
+        if isinstance(kwargs.get(name), SegmentStates):
+            return kwargs[name]
+    if args and isinstance(args[0], SegmentStates):
+        return args[0]
+    return None

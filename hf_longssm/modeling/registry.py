@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from . import falcon_mamba, mamba, mamba2
-from .base import Architecture, StateShapes
+from .base import CACHE_ARGUMENTS, Architecture, StateShapes
 
 
 FAMILIES: tuple[Architecture, ...] = (mamba.ARCHITECTURE, falcon_mamba.ARCHITECTURE, mamba2.ARCHITECTURE)
@@ -58,7 +61,7 @@ def state_shapes(config: PretrainedConfig) -> list[StateShapes]:
 def prepare_model(model: torch.nn.Module) -> PreTrainedModel:
     """Swap every mixer's class for its stateful subclass (once; idempotent) and return the unwrapped model.
 
-    The subclasses behave exactly like transformers' mixers unless `cache_params` is hf_longssm's `SegmentStates`,
+    The subclasses behave exactly like transformers' mixers unless their cache argument is hf_longssm's `SegmentStates`,
     so `generate()`, saving and loading are unchanged.
     """
     base = unwrap_model(model)
@@ -68,3 +71,22 @@ def prepare_model(model: torch.nn.Module) -> PreTrainedModel:
         if stateful is not None:
             module.__class__ = stateful
     return base
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name under which `model`'s forward (and `generate`) takes its recurrent cache: `cache` from transformers
+    5.24 on, `cache_params` before. Read from the signature, so hf_longssm's own calls never pass the deprecated name.
+    """
+    return _cache_argument(type(unwrap_model(model)))
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters  # follows `functools.wraps` of the decorators
+    for name in CACHE_ARGUMENTS:
+        if name in parameters:
+            return name
+    raise TypeError(
+        f"{model_class.__name__}.forward takes none of {CACHE_ARGUMENTS}: this transformers version is not supported "
+        "by hf_longssm (see hf_longssm.versions.TESTED_TRANSFORMERS)."
+    )

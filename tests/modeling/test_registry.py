@@ -4,7 +4,13 @@ import pytest
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_longssm as hl
-from hf_longssm.modeling import SUPPORTED_ARCHITECTURES, StatefulMixerMixin, get_architecture, state_shapes
+from hf_longssm.modeling import (
+    SUPPORTED_ARCHITECTURES,
+    StatefulMixerMixin,
+    cache_argument,
+    get_architecture,
+    state_shapes,
+)
 from hf_longssm.modeling.registry import FAMILIES
 from tests.utils import MODEL_TYPES, tiny_config, tiny_model
 
@@ -42,7 +48,7 @@ def test_state_shapes_match_transformers_cache(model_type):
     model = tiny_model(model_type).eval()
     with torch.no_grad():
         out = model(torch.randint(0, 64, (2, 5)), use_cache=True)
-        cache = out.cache_params if hasattr(out, "cache_params") else out.past_key_values
+        cache = getattr(out, cache_argument(model))
     for layer_idx, (conv_shape, ssm_shape) in enumerate(state_shapes(tiny_config(model_type))):
         assert tuple(cache.get_conv_state(layer_idx).shape[1:]) == conv_shape
         assert tuple(cache.get_recurrent_state(layer_idx).shape[1:]) == ssm_shape
