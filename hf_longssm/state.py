@@ -199,6 +199,12 @@ class CarriedState:
         for layer_idx, (conv, ssm) in enumerate(zip(self.conv_states, self.recurrent_states)):
             cache.update_conv_state(conv.detach().clone(), layer_idx, conv_kernel_size=conv.shape[-1])
             cache.update_recurrent_state(ssm.detach().clone(), layer_idx)
+        # From transformers 5.25 a linear-attention cache layer counts the tokens it has seen, and `generate` feeds
+        # only `input_ids[:, count:]` (it takes `input_ids` to be the whole sequence). A carried state has no token
+        # count, and the caller passes the next token alone, so the cache reports none seen.
+        for layer in cache.layers:
+            if isinstance(getattr(layer, "cumulative_length_linear", None), torch.Tensor):
+                layer.cumulative_length_linear.zero_()
         return cache
 
     @classmethod

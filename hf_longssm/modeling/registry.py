@@ -61,8 +61,8 @@ def state_shapes(config: PretrainedConfig) -> list[StateShapes]:
 def prepare_model(model: torch.nn.Module) -> PreTrainedModel:
     """Swap every mixer's class for its stateful subclass (once; idempotent) and return the unwrapped model.
 
-    The subclasses behave exactly like transformers' mixers unless their cache argument is hf_longssm's `SegmentStates`,
-    so `generate()`, saving and loading are unchanged.
+    The subclasses behave exactly like transformers' mixers unless their cache argument is hf_longssm's
+    `SegmentStates`, so `generate()`, saving and loading are unchanged.
     """
     base = unwrap_model(model)
     get_architecture(base)
