@@ -37,6 +37,7 @@ LAYERS = {
     "hf_longssm.tokenization": 3,
     "hf_longssm.corpus": 3,
     "hf_longssm.versions": 3,
+    "hf_longssm.files": 3,
     "hf_longssm.loading": 4,
     "hf_longssm.mamba_ssm_format": 4,
     "hf_longssm.sources": 4,

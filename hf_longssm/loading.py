@@ -41,6 +41,7 @@ from transformers import (
 )
 
 from .corpus import neox_tokenizer
+from .files import load_torch_file
 from .mamba_ssm_format import check_state_dict, is_mamba_ssm_config, to_transformers_config, to_transformers_state_dict
 from .tokenization import LEGACY_MARKER_FILE, byte_tokenizer
 
@@ -156,10 +157,7 @@ def _read_weights(name_or_path, download: dict) -> dict[str, torch.Tensor]:
             continue
         if path.suffix == ".safetensors":
             return load_file(path)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # a file in the pre-1.6 (non-zip) format cannot be memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return load_torch_file(path, "Use the checkpoint's original files, or convert them to safetensors.", mmap=True)
     raise FileNotFoundError(
         f"{name_or_path} has a mamba_ssm config.json but none of {list(MAMBA_SSM_WEIGHTS)}"
         + (" in the Hub cache (offline)." if _offline(download) else ".")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import shutil
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
+
+from ..files import load_torch_file
 
 
 logger = logging.get_logger(__name__)
@@ -126,25 +127,13 @@ def load_state_file(checkpoint: str | os.PathLike, rank: int) -> dict:
             f"{path} not found: {checkpoint} holds no carried state for process {rank}. Resume with the number of "
             "processes it was saved with, or from another checkpoint."
         )
-    # `weights_only=True`: the payload is tensors, numbers, strings and the noise generator's state (a uint8
-    # tensor), all of which the restricted unpickler reads; anything else is refused before it can run. Checkpoints
-    # travel (pushed with `hub_strategy="checkpoint"`, copied, downloaded to resume someone's run), so this file must
-    # never be a way to run code, as transformers' own checkpoint files are not.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # the restricted unpickler refused it: a foreign object, or garbage
-        found = [line.strip() for line in str(err).splitlines() if "Unsupported" in line]
-        raise ValueError(
-            f"{path} was refused: it holds something other than the tensors, numbers and strings hf_longssm writes "
-            f"there{f' ({found[0]})' if found else ''}, or it is damaged. Nothing in it was run. Resume from a "
-            f"checkpoint you or a source you trust wrote, or delete {checkpoint} to resume from an earlier complete "
-            "checkpoint; do not load it with `weights_only=False`."
-        ) from None
-    except Exception as err:  # truncated zip, empty file: one message for all
-        raise ValueError(
-            f"{path} is corrupted or truncated ({type(err).__name__}: {err}). Delete {checkpoint} to resume from an "
-            "earlier complete checkpoint."
-        ) from err
+    # The payload is tensors, numbers, strings and the noise generator's state (a uint8 tensor): `load_torch_file`
+    # reads it with `weights_only=True`, so a checkpoint from elsewhere can never run code here.
+    return load_torch_file(
+        path,
+        f"Resume from a checkpoint you or a source you trust wrote, or delete {checkpoint} to resume from an "
+        "earlier complete checkpoint.",
+    )
 
 
 def check_resume_settings(checkpoint: str | os.PathLike, saved: dict, requested: dict) -> None:

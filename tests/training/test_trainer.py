@@ -145,7 +145,7 @@ def test_resume_without_the_carried_state_differs(tmp_path):
         hl.StatePassingTrainer(model=model, args=args, train_dataset=train).train()
         if name == "without":  # the carried state replaced by "none": TBTT restarts its rows from zero
             path = out / "checkpoint-3" / "hf_longssm_state_rank0.pt"
-            payload = torch.load(path, weights_only=False)
+            payload = torch.load(path, weights_only=True)
             torch.save({**payload, "carried": None, "batch_size": None}, path)
         args = config(tmp_path, "tbtt", output_dir=str(out), max_steps=5, logging_steps=1)
         trainer = hl.StatePassingTrainer(model=tiny_model("mamba2", vocab_size=VOCAB), args=args, train_dataset=train)
