@@ -1,6 +1,7 @@
 """No file a user loads runs code (SECURITY.md): every `torch.save` file hf_longssm reads refuses a pickle payload
 with an error naming the file, the payload never runs, and the honest files still load."""
 
+import copy
 import os
 import pickle
 from pathlib import Path
@@ -113,3 +114,14 @@ def test_a_state_file_the_trainer_writes_loads_with_weights_only(saved_run):
     run, _, _ = saved_run
     payload = torch.load(run / "checkpoint-2" / "hf_longssm_state_rank0.pt", weights_only=True)
     assert payload["carried"] is not None and payload["global_step"] == 2
+
+
+def test_no_hub_token_is_written_into_training_args_bin(tmp_path):
+    """transformers pickles the arguments into `training_args.bin`, which `push_to_hub` uploads."""
+    args = hl.StatePassingConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], hub_token="hf_SECRETxyz")
+    trainer = hl.StatePassingTrainer(model=tiny_model("mamba2"), args=args)
+    trainer.save_model()
+    written = (tmp_path / "training_args.bin").read_bytes()
+    assert b"hf_SECRETxyz" not in written
+    assert torch.load(tmp_path / "training_args.bin", weights_only=False).hub_token is None
+    assert args.hub_token == "hf_SECRETxyz" and copy.deepcopy(args).hub_token == "hf_SECRETxyz"

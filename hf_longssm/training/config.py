@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import os
@@ -139,6 +140,20 @@ class StatePassingConfig(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every parameter of a Mamba model is used in each step: no extra DDP pass."}
     )
+
+    # transformers pickles these arguments into `training_args.bin` in every checkpoint and in the output folder,
+    # and `push_to_hub` uploads that file: a Hub token must never be inside it. Pickling drops `hub_token`; a deep copy
+    # (the only other user of the pickle protocol here) keeps it.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["hub_token"] = None
+        return state
+
+    def __deepcopy__(self, memo: dict) -> StatePassingConfig:
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     def __post_init__(self):
         exit_with_launcher()  # before TrainingArguments creates the process group
