@@ -75,7 +75,7 @@ def test_resuming_a_checkpoint_whose_state_file_runs_code_is_refused_and_nothing
     malicious(checkpoint / "hf_longssm_state_rank0.pt", marker, zip_format=zip_format)
     args.max_steps = 4
     trainer = hl.StatePassingTrainer(model=tiny_model("mamba2"), args=args, train_dataset=data)
-    with pytest.raises(ValueError, match=r"hf_longssm_state_rank0.pt was refused.*Nothing in it was run\. Resume from"):
+    with pytest.raises(ValueError, match=r"state_rank0.pt was refused.*Nothing in it was run\. Resume from"):
         trainer.train(resume_from_checkpoint=str(checkpoint))
     assert not marker.exists()
     assert not (run / "checkpoint-4").exists()
