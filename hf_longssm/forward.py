@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .modeling import SegmentStates, cache_argument, prepare_model, state_shapes
+from .modeling import SegmentStates, cache_argument, cache_kept_under_checkpointing, prepare_model, state_shapes
 from .state import CarriedState
 
 
@@ -129,7 +129,8 @@ def forward_with_state(
 
     segment = SegmentStates(state.conv_states, state.recurrent_states)
     kwargs[cache_argument(base)] = segment
-    output = model(input_ids=input_ids, use_cache=False, **kwargs)
+    with cache_kept_under_checkpointing(base):
+        output = model(input_ids=input_ids, use_cache=False, **kwargs)
     return output, CarriedState(*segment.final_states(), config=state.config)
 
 

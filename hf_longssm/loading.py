@@ -63,8 +63,8 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
     Args:
         name_or_path (`str`): a Hub id (`"state-spaces/mamba2-130m"`, `"state-spaces/mamba-130m-hf"`) or a folder
             (written by `save_pretrained`, or a mamba_ssm checkpoint: `config.json` + `pytorch_model.bin`). A peft
-            LoRA adapter (`adapter_config.json`, no `config.json`) gives its base model, in either format, with the
-            adapter loaded (`model.load_adapter`).
+            LoRA adapter (`adapter_config.json`, no `config.json`) gives its base model, in either format, wrapped
+            in a `peft.PeftModel` with the adapter loaded (inference mode, as `AutoPeftModelForCausalLM` loads it).
         **from_pretrained_kwargs: as for `AutoModelForCausalLM.from_pretrained`. `dtype` (a `torch.dtype`, its
             name, or `"auto"`: the checkpoint's dtype, transformers' default), `revision`, `cache_dir`, `token`,
             `local_files_only`, `force_download`, `subfolder` work for both formats (files are fetched with
@@ -91,8 +91,11 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
         model = load_model(base, **{k: v for k, v in from_pretrained_kwargs.items() if k not in DOWNLOAD_KWARGS})
         weights = fetch_file(name_or_path, "adapter_model.safetensors", download, required=False)
         weights = weights or fetch_file(name_or_path, "adapter_model.bin", download)
-        model.load_adapter(str(weights.parent))  # the folder (or Hub cache snapshot) holding both files
-        return model
+        # peft's own loader, not transformers' `load_adapter`: transformers >= 5.24 refuses peft < 0.22 there, and
+        # peft's PeftModel is what `AutoPeftModelForCausalLM` (the card's quick start) gives users too.
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(weights.parent))  # the folder (or Hub snapshot) with both files
     config = json.loads((config_file or fetch_file(name_or_path, "config.json", download)).read_text())
     if not is_mamba_ssm_config(config):
         return AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)

@@ -10,6 +10,7 @@ from .ops import selective_scan
 from .registry import (
     SUPPORTED_ARCHITECTURES,
     cache_argument,
+    cache_kept_under_checkpointing,
     get_architecture,
     prepare_model,
     state_shapes,
@@ -23,6 +24,7 @@ __all__ = [
     "SegmentStates",
     "StatefulMixerMixin",
     "cache_argument",
+    "cache_kept_under_checkpointing",
     "get_architecture",
     "kernel_availability",
     "reference_scans",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+from collections.abc import Iterator
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from . import falcon_mamba, mamba, mamba2
 from .base import CACHE_ARGUMENTS, Architecture, StateShapes
@@ -90,3 +93,27 @@ def _cache_argument(model_class: type) -> str:
         f"{model_class.__name__}.forward takes none of {CACHE_ARGUMENTS}: this transformers version is not supported "
         "by hf_longssm (see hf_longssm.versions.TESTED_TRANSFORMERS)."
     )
+
+
+@contextlib.contextmanager
+def cache_kept_under_checkpointing(model: torch.nn.Module) -> Iterator[None]:
+    """Let the model's checkpointed layers keep their cache argument for the calls inside the block.
+
+    In training with activation checkpointing, transformers' `GradientCheckpointingLayer` replaces a layer's `cache`
+    with `None` (from 5.24, when the argument took that name) unless the layer sets `_can_checkpoint_with_cache`,
+    because a cache written in place would be updated a second time by the backward replay. `SegmentStates` is the
+    case that flag is for: the replay reads the same initial states and writes equal final states to the same slots.
+    Only `forward_with_state`'s own call sets it, per instance, so transformers' caches keep their rule.
+    """
+    layers = [m for m in unwrap_model(model).modules() if isinstance(m, GradientCheckpointingLayer)]
+    before = [vars(layer).get("_can_checkpoint_with_cache") for layer in layers]
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, before):
+            if value is None:
+                del layer._can_checkpoint_with_cache
+            else:
+                layer._can_checkpoint_with_cache = value

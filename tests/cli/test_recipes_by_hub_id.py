@@ -81,4 +81,4 @@ def test_the_recipe_trains_by_its_real_model_id(recipe, workdir, hub_cache, tmp_
     saved = load_model(str(output_dir))  # a LoRA recipe saves an adapter: its base model by id, then the adapter
     assert saved.config.model_type == ("mamba2" if "mamba2" in str(recipe) else "mamba")
     if raw.get("use_peft"):
-        assert (output_dir / "adapter_config.json").is_file() and saved.active_adapters() == ["default"]
+        assert (output_dir / "adapter_config.json").is_file() and saved.active_adapters == ["default"]

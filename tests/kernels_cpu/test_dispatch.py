@@ -47,10 +47,8 @@ def test_availability_is_reported_per_function():
         "selective_scan_fn",
         "mamba_chunk_scan_combined",
         "causal_conv1d_fn",
-        "mamba_ssm",
-        "causal_conv1d",
     }
-    assert available["mamba_ssm"] == (available["selective_scan_fn"] and available["mamba_chunk_scan_combined"])
+    assert all(isinstance(ok, bool) for ok in available.values())
 
 
 # ----- the conv: which shapes causal_conv1d_fn takes, and the layout it needs --------------------------------------

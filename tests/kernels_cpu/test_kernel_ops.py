@@ -211,7 +211,7 @@ def test_missing_selective_scan_cuda_disables_only_the_mamba1_scan():
             with pytest.raises(RuntimeError, match="MAMBA_KEEP_CUDA_BUILD"):
                 kernels.kernel("selective_scan_fn", x)
     clear_caches()
-    assert available["selective_scan_fn"] is False and available["mamba_ssm"] is False
+    assert available["selective_scan_fn"] is False
     assert available["mamba_chunk_scan_combined"] is True and available["causal_conv1d_fn"] is True
     assert mamba2_scan is not None
     assert kernels.kernel_availability()["selective_scan_fn"] is True
@@ -222,8 +222,6 @@ def test_all_kernel_functions_import_here():
         "selective_scan_fn": True,
         "mamba_chunk_scan_combined": True,
         "causal_conv1d_fn": True,
-        "mamba_ssm": True,
-        "causal_conv1d": True,
     }
 
 

@@ -1,6 +1,4 @@
-"""Mamba-1 selective scan paths (`hf_longssm.modeling.ops.selective_scan`) against the loop reference."""
-
-import importlib
+"""Mamba-1 selective scan paths (`hf_longssm.modeling.ops.selective`) against the loop reference."""
 
 import pytest
 import torch
@@ -8,14 +6,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_longssm.modeling import selective_scan
 from hf_longssm.modeling.ops import (
+    selective,
     selective_scan_chunked,
     selective_scan_from_zero_with_correction,
     selective_scan_ref,
 )
 
 
-# The submodule, not the function of the same name that `hf_longssm.modeling.ops` exports.
-scan_module = importlib.import_module("hf_longssm.modeling.ops.selective_scan")
+scan_module = selective  # the module, whose private scans the tests swap
 ARGUMENTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 

@@ -223,7 +223,9 @@ def test_killing_accelerate_launch_stops_its_workers_and_the_run_resumes_exactly
     reference_dir.mkdir()
     run(write_recipe(reference_dir, "run"), reference_dir, processes=2)
     recipe = write_recipe(tmp_path, "run")
-    kill_when(recipe, tmp_path, complete(4), processes=2)
+    # Saves pause 1 s (test hook): the steps take milliseconds, so without it the run could complete checkpoint 8
+    # within one poll of the kill condition.
+    kill_when(recipe, tmp_path, complete(4), processes=2, slow_save=1.0)
     # The launcher is gone: its workers must not go on training on their own.
     assert wait_until_gone(workers_of(tmp_path))
     assert not complete(8)(tmp_path / "run")

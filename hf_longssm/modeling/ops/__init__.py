@@ -1,6 +1,6 @@
 """Kernel-free maths of the three state-carrying paths, each beside its step-by-step torch reference.
 
-* `selective_scan`: Mamba-1 / FalconMamba (`selective_scan_ref`, `selective_scan` with a hand-written backward and
+* `selective`: Mamba-1 / FalconMamba (`selective_scan_ref`, `selective_scan` with a hand-written backward and
   its dispatch name `selective_scan_chunked`, and the exact initial-state correction that turns a zero-start kernel
   into a scan from a carried state);
 * `ssd`: Mamba-2 (`ssd_scan_ref`, `ssd_chunk_scan`);
@@ -10,7 +10,7 @@
 
 from .common import discretize, segsum
 from .conv import causal_conv1d_ref, check_conv_activation, next_conv_state
-from .selective_scan import (
+from .selective import (
     initial_state_correction,
     selective_scan,
     selective_scan_chunked,
