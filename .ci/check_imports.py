@@ -24,6 +24,7 @@ PACKAGE = ROOT / "hf_longssm"
 
 # Lower layers first; a module may import its own layer and those below. Longest prefix wins.
 LAYERS = {
+    "hf_longssm.modeling.compat": 0.0,
     "hf_longssm.modeling.ops": 0.0,
     "hf_longssm.modeling.kernels": 0.1,
     "hf_longssm.modeling.base": 0.1,

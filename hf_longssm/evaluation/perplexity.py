@@ -67,7 +67,8 @@ def position_nll_sum(
     device = next(model.parameters()).device
     rows, length = input_ids.shape
     batch_size = max(1, rows if batch_size is None else batch_size)  # a process may have no rows to score
-    total = torch.zeros(length - 1, dtype=torch.float64)
+    # Summed where the logits are and copied to the host once: a copy per segment would wait for the device each time.
+    total = torch.zeros(length - 1, dtype=torch.float64, device=device)
     bar = tqdm(total=rows * math.ceil((length - 1) / segment_length), desc="position perplexity", disable=not progress)
     with eval_mode(model):
         for row_start in range(0, rows, batch_size):
@@ -76,10 +77,10 @@ def position_nll_sum(
             for start, end, out, _ in iter_segments(model, ids[:, :-1], segment_length):
                 log_probs = torch.log_softmax(out.logits.float(), dim=-1)
                 nll = -log_probs.gather(-1, ids[:, start + 1 : end + 1, None]).squeeze(-1)
-                total[start:end] += nll.double().sum(0).cpu()
+                total[start:end] += nll.double().sum(0)
                 bar.update(ids.shape[0])
     bar.close()
-    return total
+    return total.cpu()
 
 
 @torch.no_grad()
@@ -144,7 +145,8 @@ def restarted_position_nll(
     half = window // 2
     starts = list(range(0, max(length - 1 - half, 1), half))
     padded = torch.nn.functional.pad(input_ids, (0, window + 1))
-    total = torch.zeros(length - 1, dtype=torch.float64)
+    # Summed where the logits are and copied to the host once: a copy per segment would wait for the device each time.
+    total = torch.zeros(length - 1, dtype=torch.float64, device=device)
     jobs = [(r, s) for r in range(rows) for s in starts]
     with eval_mode(model):
         for i in range(0, len(jobs), batch_windows):

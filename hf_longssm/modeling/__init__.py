@@ -1,9 +1,11 @@
 """How a multi-token segment starts from a carried state and returns its final state, per model family.
 
-Imports nothing else of hf_longssm: `ops/` (kernel-free maths) -> `kernels.py` (dispatch) -> one file per family
+Imports nothing else of hf_longssm: `compat` (first: it checks the installed transformers before any module reads
+transformers' Mamba internals) -> `ops/` (kernel-free maths) -> `kernels.py` (dispatch) -> one file per family
 (`mamba.py`, `falcon_mamba.py`, `mamba2.py`) -> `registry.py` (collects the families).
 """
 
+from . import compat  # noqa: F401 (first: the version check)  # isort: skip
 from .base import Architecture, SegmentStates, StatefulMixerMixin
 from .kernels import kernel_availability, reference_scans
 from .ops import selective_scan
