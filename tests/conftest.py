@@ -4,7 +4,28 @@ import pytest
 import torch
 
 
+# The core tests (`pytest -m core`): exactness of the three families, to_cache + generate, bf16 training, resume, LoRA,
+# position-wise perplexity, passkey, the lm-eval adapter, file safety and the transformers version checks. CI runs
+# them on the declared minimum transformers (.ci/run minimum); every other job runs them with the rest.
+CORE_TEST_FILES = (
+    "tests/test_forward.py",
+    "tests/test_state.py",
+    "tests/test_security.py",
+    "tests/test_transformers_versions.py",
+    "tests/training/test_precision.py",
+    "tests/training/test_trainer.py",
+    "tests/training/test_lora.py",
+    "tests/evaluation/test_perplexity.py",
+    "tests/evaluation/test_passkey.py",
+    "tests/evaluation/test_harness.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    root = config.rootpath
+    for item in items:
+        if item.path.relative_to(root).as_posix() in CORE_TEST_FILES:
+            item.add_marker(pytest.mark.core)
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_slow = pytest.mark.skip(reason="slow: set RUN_SLOW=1")
     for item in items:
