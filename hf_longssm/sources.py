@@ -54,32 +54,26 @@ class OfflineCorpus(DataSource):
 
 @dataclass(frozen=True)
 class TextFiles(DataSource):
-    """Local files, each one whole document (UTF-8); one split, whatever `split` says."""
+    """Local files, each one whole document: its bytes decoded as UTF-8, nothing normalised (`\r\n` stays, so a
+    byte-level model sees the file's bytes); one split, whatever `split` says. (`datasets`' own text loader turns
+    `\r\n` into `\n`.)"""
 
     files: tuple[str, ...]
 
     def load(self, split: str = "train", config: str | None = None, streaming: bool = False) -> Any:
-        from datasets import load_dataset
+        from datasets import Dataset
 
-        try:
-            return load_dataset("text", data_files=list(self.files), sample_by="document", split="train")
-        except Exception as err:
-            undecodable = [f for f in self.files if not _is_utf8(f)]
-            if undecodable:
+        texts = []
+        for path in self.files:
+            try:
+                texts.append(Path(path).read_bytes().decode("utf-8"))
+            except UnicodeDecodeError as err:
                 # Refused rather than decoded with replacement characters: the model would learn them as text.
                 raise ValueError(
-                    f"{undecodable[0]} is not UTF-8 text ({len(undecodable)} such file(s)). Convert it first, e.g. "
-                    f"`iconv -f latin1 -t utf-8 {undecodable[0]} > converted.txt`."
+                    f"{path} is not UTF-8 text. Convert it first, e.g. `iconv -f latin1 -t utf-8 {path} > "
+                    "converted.txt`."
                 ) from err
-            raise
-
-
-def _is_utf8(path: str) -> bool:
-    try:
-        Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+        return Dataset.from_dict({"text": texts})
 
 
 @dataclass(frozen=True)

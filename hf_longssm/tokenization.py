@@ -31,7 +31,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """The byte tokenizer: id = UTF-8 byte + 1, id 0 = `<eos>` (EOS and pad), 257 ids, no files needed.
+    """The byte tokenizer: id = UTF-8 byte + 1 for every text, id 0 = `<eos>` (EOS and pad, never produced by
+    encoding text), 257 ids, no files needed.
 
     Example:
         >>> tokenizer = byte_tokenizer()
@@ -42,4 +43,8 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
+    # `split_special_tokens`: the text "<eos>" inside a document is five bytes like any other, never the EOS id (which
+    # only the data pipeline inserts between documents); saved in tokenizer_config.json, so reloads keep it.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, split_special_tokens=True
+    )

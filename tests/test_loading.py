@@ -3,7 +3,7 @@
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from hf_longssm import loading
 from hf_longssm.loading import load_model, load_tokenizer, resolve_model, resolve_tokenizer
@@ -101,3 +101,14 @@ def test_resolve_tokenizer_defaults_to_the_model_s(word_tokenizer_dir):
 def test_resolve_tokenizer_needs_a_name():
     with pytest.raises(ValueError, match="Pass tokenizer="):
         resolve_tokenizer()
+
+
+def test_the_byte_tokenizer_encodes_the_text_eos_as_its_bytes(tmp_path):
+    """id = UTF-8 byte + 1 for every text: a document that mentions "<eos>" is not split there."""
+    document = ("Some text, then the literal <eos> marker, " * 5) + "and é."
+    expected = [b + 1 for b in document.encode("utf-8")]
+    tokenizer = byte_tokenizer()
+    assert tokenizer(document, add_special_tokens=False)["input_ids"] == expected
+    assert 0 not in expected and tokenizer.eos_token_id == 0
+    tokenizer.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)(document, add_special_tokens=False)["input_ids"] == expected

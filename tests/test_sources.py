@@ -97,3 +97,12 @@ def test_an_unknown_file_format_is_an_error(tmp_path):
     (tmp_path / "a.csv").write_text("a,b")
     with pytest.raises(ValueError, match="Unknown file_format 'csv'; choose from \\['json', 'text'\\]"):
         sources.get_source(data_files=[str(tmp_path / "a.csv")], file_format="csv")
+
+
+def test_a_txt_file_keeps_its_bytes_crlf_included(tmp_path):
+    """`datasets`' text loader turns CRLF into LF; a byte-level model must see the file's own bytes."""
+    raw = b"line one\r\nline two\r\n\ttabbed \r lone CR\n"
+    (tmp_path / "crlf.txt").write_bytes(raw)
+    documents = sources.load_documents(data_files=[str(tmp_path / "crlf.txt")])
+    assert documents["text"] == [raw.decode("utf-8")]
+    assert documents["text"][0].count("\r") == 3
