@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, try_to_load_from_cache
 
 from .modeling import get_architecture
 from .versions import CARD_PACKAGES, package_versions
@@ -64,7 +69,7 @@ def render_model_card(
     repo_id: str | None = None,
     base_model: str | None = None,
     datasets: list[str] | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     results: list[dict] | None = None,
     results_name: str | None = None,
     table: str | None = None,
@@ -79,6 +84,9 @@ def render_model_card(
             `model-index` as one perplexity value per position bucket.
         adapter (`bool`, *optional*, defaults to `False`): the folder holds a PEFT adapter, not full weights: the
             card keeps peft's fields (`library_name: peft`, `base_model`) and its quick start loads with peft.
+        license (`str`, *optional*): the card's licence; omitted when unknown (`base_model_license` reads the base
+            model's), never guessed.
+        datasets (`list[str]`, *optional*): Hub dataset ids; anything else (a local path) is left out.
     """
     if state_init not in METHODS:
         raise ValueError(f"Unknown state_init {state_init!r}.")
@@ -101,9 +109,10 @@ def render_model_card(
         license=license,
         library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
-        base_model=base_model if base_model and "/" in base_model and not Path(base_model).exists() else None,
-        datasets=datasets,
-        tags=["hf_longssm", "state-passing", state_init.replace("_", "-"), model_type, "length-generalization"]
+        base_model=hub_id(base_model),
+        datasets=[d for d in datasets or [] if hub_id(d)] or None,
+        # The method's own tag: `state-passing` only for state passing (not TBTT, noise or the zero control).
+        tags=["hf_longssm", state_init.replace("_", "-"), model_type, "length-generalization"]
         + (["lora"] if adapter else []),
         model_name=model_name,
         eval_results=eval_results,
@@ -130,6 +139,34 @@ def render_model_card(
     )
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def hub_id(name: str | None) -> str | None:
+    """`name` when it is a Hub repository id (`org/name`), else `None`: local paths (`/data/x`, `./x`, an existing
+    folder) and the offline corpus never go into a card's metadata."""
+    if not name or not _HUB_ID.fullmatch(name) or os.path.exists(name) or name.startswith("hf_longssm/"):
+        return None
+    return name
+
+
+def base_model_license(name_or_path: str | None) -> str | None:
+    """The `license` of a base model's card: its folder's `README.md`, or the Hub cache's copy (nothing is
+    downloaded); `None` when there is none."""
+    if not name_or_path:
+        return None
+    card = Path(name_or_path) / "README.md"
+    if not card.is_file() and hub_id(name_or_path):
+        cached = try_to_load_from_cache(name_or_path, "README.md")
+        card = Path(cached) if isinstance(cached, str) else card
+    if not card.is_file():
+        return None
+    try:
+        return ModelCard.load(card).data.license
+    except Exception:  # a card without parsable front matter says nothing about the licence
+        return None
+
+
 # Files a post-trained model folder may hold that belong on the Hub (checkpoints and optimizer states do not).
 UPLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png", "*.txt", "*.model", "*.jinja"]
 
@@ -141,15 +178,46 @@ def push_folder_to_hub(
     private: bool | None = None,
     token: str | None = None,
     commit_message: str = "Upload model post-trained with hf_longssm",
+    base_model_id: str | None = None,
 ) -> str:
-    """Create `repo_id` if needed and upload weights, tokenizer, card, results JSON and plots from `folder`."""
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        commit_message=commit_message,
-        allow_patterns=UPLOAD_PATTERNS,
-        ignore_patterns=["checkpoint-*/**", "runs/**"],
-    )
+    """Create `repo_id` if needed and upload weights, tokenizer, card, results JSON and plots from `folder`.
+
+    A LoRA adapter's `adapter_config.json` names its base model; one that names a local folder could not be loaded
+    anywhere else, so it is refused unless `base_model_id` (the base's Hub id) is given, which the uploaded copy
+    then names (the local file is left as it is, so the folder still loads here).
+
+    Raises:
+        `ValueError`: an adapter whose base is a local path and no `base_model_id`.
+    """
+    folder = Path(folder)
+    adapter_config = folder / "adapter_config.json"
+    with tempfile.TemporaryDirectory(prefix="hf_longssm_upload_") as staging:
+        upload_from = folder
+        if adapter_config.is_file():
+            config = json.loads(adapter_config.read_text())
+            base = config.get("base_model_name_or_path")
+            if base_model_id is None and not hub_id(base):
+                raise ValueError(
+                    f"{adapter_config} names the local base model {base!r}: uploaded as it is, the adapter could not "
+                    "be loaded anywhere else. Give the base model's Hub id (base_model_id in the recipe, "
+                    "--base_model_id for `hf-longssm push`)."
+                )
+            if base_model_id is not None and base_model_id != base:
+                # Stage the uploadable files with the Hub id written into the adapter's config.
+                upload_from = Path(staging)
+                for path in folder.iterdir():
+                    if path.is_file() and any(path.match(pattern) for pattern in UPLOAD_PATTERNS):
+                        shutil.copy2(path, upload_from / path.name)
+                (upload_from / adapter_config.name).write_text(
+                    json.dumps({**config, "base_model_name_or_path": base_model_id}, indent=2)
+                )
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(upload_from),
+            commit_message=commit_message,
+            allow_patterns=UPLOAD_PATTERNS,
+            ignore_patterns=["checkpoint-*/**", "runs/**"],
+        )
     return getattr(info, "commit_url", str(info))

@@ -9,10 +9,17 @@ import argparse
 import sys
 from types import ModuleType
 
-from . import convert, demo, eval, lm_eval, train
+from . import convert, demo, eval, lm_eval, push, train
 
 
-COMMANDS: dict[str, ModuleType] = {"train": train, "eval": eval, "demo": demo, "convert": convert, "lm-eval": lm_eval}
+COMMANDS: dict[str, ModuleType] = {
+    "train": train,
+    "eval": eval,
+    "demo": demo,
+    "convert": convert,
+    "lm-eval": lm_eval,
+    "push": push,
+}
 # Other names accepted for a command (`hf-longssm evaluate` is older than `hf-longssm eval`).
 ALIASES: dict[str, str] = {"evaluate": "eval"}
 

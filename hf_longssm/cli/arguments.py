@@ -62,6 +62,9 @@ class ModelArguments:
         use_peft (`bool`, *optional*, defaults to `False`): train LoRA adapters.
         lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters.
         lora_target_modules (`list[str]`, *optional*): defaults to the architecture's targets.
+        base_model_id (`str`, *optional*): the Hub id of `model_name_or_path` when that is a local folder: the card's
+            `base_model`, and the base a pushed LoRA adapter's `adapter_config.json` names.
+        license (`str`, *optional*): the card's licence; defaults to the base model card's (none stated if unknown).
     """
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or local path."})
@@ -79,6 +82,8 @@ class ModelArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(default=None, metadata={"help": "LoRA targets."})
+    base_model_id: str | None = field(default=None, metadata={"help": "Hub id of a local model_name_or_path."})
+    license: str | None = field(default=None, metadata={"help": "The card's licence (default: the base model's)."})
 
     def __post_init__(self):
         if (self.model_name_or_path is None) == (self.model_config is None):

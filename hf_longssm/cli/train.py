@@ -18,10 +18,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, set_seed
 from transformers.utils import logging
 
+from ..hub import push_folder_to_hub
 from ..loading import apply_model_init, load_model, load_tokenizer
 from ..sources import load_documents
 from ..training import StatePassingConfig, StatePassingTrainer
 from ..training.checkpoints import FINISHED, FINISHED_FILE, resume_point
+from ..training.output_lock import hold_output_dir
 from .arguments import ModelArguments, RecipeParser, ScriptArguments, load_model_config_json
 
 
@@ -79,13 +81,24 @@ def train(
     script_args: ScriptArguments, training_args: StatePassingConfig, model_args: ModelArguments
 ) -> StatePassingTrainer | None:
     """Train from parsed arguments (TRL's `main(script_args, training_args, model_args)`); returns the trainer, or
-    `None` when `output_dir` holds a finished run (nothing is trained or rewritten)."""
+    `None` when `output_dir` holds a finished run (nothing is trained or rewritten).
+
+    The output folder is held for the whole run (`training.output_lock`): a second launch into it is refused. Every
+    local result is written before anything is uploaded, and the upload happens once, last; a failed upload leaves a
+    finished run that `hf-longssm push <output_dir>` uploads.
+    """
+    with hold_output_dir(training_args.output_dir, training_args.process_index == 0):
+        return _train(script_args, training_args, model_args)
+
+
+def _train(script_args, training_args, model_args):
     # 1. Where this launch starts, decided before anything is loaded or written (checkpoints.resume_point).
     resume = resume_point(training_args, model_args.model_name_or_path)
     if resume == FINISHED:
+        hint = f" To upload it: hf-longssm push {training_args.output_dir}." if training_args.push_to_hub else ""
         logger.warning(
             f"{training_args.output_dir} holds a finished run ({FINISHED_FILE}): nothing to do. Set "
-            "overwrite_output_dir: true to train it again from scratch, or choose another output_dir."
+            f"overwrite_output_dir: true to train it again from scratch, or choose another output_dir.{hint}"
         )
         return None
     set_seed(training_args.seed)
@@ -120,14 +133,37 @@ def train(
         logger.warning(f"Resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
 
-    # Save, card, push.
-    trainer.save_model(training_args.output_dir)
-    trainer.create_model_card(base_model=model_args.model_name_or_path, dataset_name=script_args.dataset_name)
-    if trainer.is_world_process_zero():  # written last: its presence means the run finished
+    # 2. Every local result first: weights, card, then the finished marker (its presence means the run finished).
+    # `_internal_call`: transformers' `save_model` would otherwise push here too, before the card exists.
+    trainer.save_model(training_args.output_dir, _internal_call=True)
+    base_model = model_args.base_model_id or model_args.model_name_or_path
+    trainer.create_model_card(base_model=base_model, dataset_name=script_args.dataset_name, license=model_args.license)
+    if trainer.is_world_process_zero():
         (Path(training_args.output_dir) / FINISHED_FILE).write_text(json.dumps(result.metrics, indent=2))
-    if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="Post-trained with hf_longssm")
+    # 3. The upload, once, last.
+    if training_args.push_to_hub and trainer.is_world_process_zero():
+        upload(trainer, model_args.base_model_id)
     return trainer
+
+
+def upload(trainer: StatePassingTrainer, base_model_id: str | None = None) -> str:
+    """Push the finished run's folder to `hub_model_id` (default: the folder's name in your namespace)."""
+    args = trainer.args
+    repo_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id or Path(args.output_dir).resolve().name
+    try:
+        return push_folder_to_hub(
+            args.output_dir,
+            repo_id,
+            private=args.hub_private_repo,
+            token=args.hub_token,
+            commit_message="Post-trained with hf_longssm",
+            base_model_id=base_model_id,
+        )
+    except Exception as err:
+        raise RuntimeError(
+            f"The run finished and everything is saved in {args.output_dir}, but the upload to {repo_id} failed "
+            f"({type(err).__name__}: {err}). Retry it with: hf-longssm push {args.output_dir} --repo_id {repo_id}"
+        ) from err
 
 
 def main(argv: list[str] | None = None) -> StatePassingTrainer:

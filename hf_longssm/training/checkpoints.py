@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 import torch
@@ -41,7 +42,8 @@ def run_settings(args) -> dict:
 
 def _atomic_write(path: Path, write) -> None:
     """Write to a temporary name, then rename: a kill mid-write never leaves a truncated file under `path`."""
-    tmp = path.with_name(path.name + ".tmp")
+    # A name of this writer's own (pid and a random part): two writers never rename each other's temporary file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     write(tmp)
     os.replace(tmp, path)
 

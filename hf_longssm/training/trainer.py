@@ -11,18 +11,20 @@ from typing import Any
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 from transformers.utils import logging
 
 from ..evaluation.perplexity import PositionPerplexity, log_buckets, position_metrics, position_nll_sum
 from ..evaluation.text import documents_to_input_ids
 from ..forward import check_token_ids, forward_with_state
-from ..hub import render_model_card, results_table
+from ..hub import base_model_license, hub_id, render_model_card, results_table
 from ..loading import load_model, mamba_ssm_vocab_size
 from ..modeling import get_architecture, kernel_availability, prepare_model, unwrap_model
 from ..sources import is_offline
 from .callbacks import EvalPlotCallback
 from .checkpoints import (
+    TRAINER_STATE_FILE,
     check_resume_settings,
     last_complete_checkpoint,
     load_state_file,
@@ -38,6 +40,7 @@ from .collator import DataCollatorForStatePassing
 from .config import StatePassingConfig
 from .data import SegmentDataset, build_segment_dataset
 from .interventions import INTERVENTIONS
+from .output_lock import hold_output_dir
 
 
 logger = logging.get_logger(__name__)
@@ -74,7 +77,7 @@ class StatePassingTrainer(Trainer):
             architecture's (`in_proj`, `x_proj` for Mamba and FalconMamba; `in_proj` for Mamba-2).
     """
 
-    _tag_names = ["hf_longssm", "state-passing"]
+    _tag_names = ["hf_longssm"]  # plus the method's own tag (`state-passing`, `tbtt`, ...), added per run
 
     def __init__(
         self,
@@ -241,24 +244,45 @@ class StatePassingTrainer(Trainer):
 
     # ----- checkpoints (layout and completeness rules: hf_longssm.training.checkpoints) -----------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
-        """`Trainer.train`, resuming only from complete checkpoints.
+        """`Trainer.train`, resuming only from complete checkpoints, one run per `output_dir`.
 
         `resume_from_checkpoint=True` takes the newest *complete* checkpoint of `output_dir` (newer incomplete ones,
-        left by a run killed while saving, are skipped with a warning); a path must exist and be complete.
+        left by a run killed while saving, are skipped with a warning); a path must exist and be complete. A
+        checkpoint already at `max_steps` (the run was killed between its last save and its end) is loaded and
+        nothing is trained. The output folder is locked while training (`output_lock`): a second run started into
+        it is refused.
         """
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
-        elif resume_from_checkpoint:
-            missing = missing_files(resume_from_checkpoint)
-            if missing:
-                last = last_complete_checkpoint(Path(resume_from_checkpoint).parent)
-                raise ValueError(
-                    f"Cannot resume from {resume_from_checkpoint}: missing {missing} (not found, or interrupted "
-                    f"while saving). The newest complete checkpoint there is {last}."
-                )
-        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+        with hold_output_dir(self.args.output_dir, self.args.process_index == 0):
+            if resume_from_checkpoint is True:
+                resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+                if resume_from_checkpoint is None:
+                    raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+            elif resume_from_checkpoint:
+                missing = missing_files(resume_from_checkpoint)
+                if missing:
+                    last = last_complete_checkpoint(Path(resume_from_checkpoint).parent)
+                    raise ValueError(
+                        f"Cannot resume from {resume_from_checkpoint}: missing {missing} (not found, or interrupted "
+                        f"while saving). The newest complete checkpoint there is {last}."
+                    )
+            if resume_from_checkpoint and self._at_max_steps(resume_from_checkpoint):
+                return self._finish_from(resume_from_checkpoint)
+            return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _at_max_steps(self, checkpoint: str) -> bool:
+        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_FILE))
+        return self.args.max_steps > 0 and state.global_step >= self.args.max_steps
+
+    def _finish_from(self, checkpoint: str) -> TrainOutput:
+        """The run ended at this checkpoint: take its weights, state and carried state, train nothing."""
+        logger.warning(f"{checkpoint} is at max_steps={self.args.max_steps}: the run is complete, nothing to train.")
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_FILE))
+        self._load_carried_state(checkpoint)
+        losses = [log["loss"] for log in self.state.log_history if "loss" in log]
+        train_loss = sum(losses) / len(losses) if losses else float("nan")
+        metrics = {"train_loss": train_loss, "epoch": self.state.epoch, "resumed_at_max_steps": True}
+        return TrainOutput(self.state.global_step, train_loss, metrics)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # peft's `save_embedding_layers="auto"` compares the vocabulary with the base's config.json; a mamba_ssm
@@ -323,6 +347,7 @@ class StatePassingTrainer(Trainer):
         results: list[dict] | None = None,
         table: str | None = None,
         plot: str | None = None,
+        license: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Write `README.md` in `output_dir`: hf_longssm's card (tags, settings, results, citations).
@@ -330,6 +355,8 @@ class StatePassingTrainer(Trainer):
         Args:
             results (`list[dict]`, *optional*): this model's perplexity buckets (`start`, `end`, `perplexity`).
             table (`str`, *optional*): a markdown comparison table; plot: a PNG file name in `output_dir`.
+            base_model (`str`, *optional*): the base model's Hub id (a local path is left out of the metadata).
+            license (`str`, *optional*): the card's licence; defaults to the base model card's, else none is stated.
 
         `push_to_hub` calls this again with only `model_name`: what an earlier call gave (dataset, results, table,
         plot, base model) is kept, so the pushed card is the one written after training.
@@ -343,9 +370,12 @@ class StatePassingTrainer(Trainer):
             results=results,
             table=table,
             plot=plot,
+            license=license,
         )
         self._card_kwargs.update({k: v for k, v in given.items() if v is not None})
-        model_name, base_model, dataset_name, results, table, plot = (self._card_kwargs.get(k) for k in given)
+        model_name, base_model, dataset_name, results, table, plot, license = (
+            self._card_kwargs.get(k) for k in given
+        )
         if results is None and self._last_eval_buckets is not None:  # the last evaluation while training
             results = self._last_eval_buckets
             table = table or results_table({"perplexity": results})
@@ -353,9 +383,11 @@ class StatePassingTrainer(Trainer):
         config = unwrap_model(self.model).config
         args = self.args
         peft_config = getattr(self.model, "peft_config", {}).get("default")
+        source = getattr(peft_config, "base_model_name_or_path", None) or getattr(config, "_name_or_path", None)
         if base_model is None:
-            name = getattr(peft_config, "base_model_name_or_path", None) or getattr(config, "_name_or_path", "") or ""
-            base_model = name if name.count("/") == 1 and not os.path.exists(name) else None
+            base_model = hub_id(source)
+        if license is None:
+            license = base_model_license(source) or base_model_license(base_model)
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         card = render_model_card(
             model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
@@ -369,7 +401,8 @@ class StatePassingTrainer(Trainer):
             repo_id=args.hub_model_id,
             base_model=base_model,
             adapter=peft_config is not None,
-            datasets=[dataset_name] if dataset_name and "/" in dataset_name and not is_offline(dataset_name) else None,
+            datasets=[dataset_name] if dataset_name and not is_offline(dataset_name) else None,
+            license=license,
             results=results,
             table=table,
             plot=plot,
