@@ -29,6 +29,7 @@ def card(**overrides) -> ModelCard:
         results=RESULTS,
         table=results_table({"base": RESULTS, "sp": RESULTS}),
         plot="perplexity_by_position.png",
+        license="apache-2.0",
     )
     kwargs.update(overrides)
     return render_model_card(**kwargs)
@@ -51,6 +52,11 @@ def test_card_body_holds_the_table_the_quick_start_and_both_citations():
     assert "| [32, 64) | 5.000 | 5.000 |" in text
     assert 'from_pretrained("me/m")' in text
     assert "buitrago2025understanding" in text and "wang2024longssm" in text
+
+
+def test_a_card_states_no_licence_unless_told_one(tmp_path):
+    card(license=None).save(tmp_path / "README.md")
+    assert "license" not in ModelCard.load(tmp_path / "README.md").data.to_dict()
 
 
 def test_card_without_a_hub_base_model_names_the_architecture():
