@@ -40,25 +40,11 @@ from .collator import DataCollatorForStatePassing
 from .config import StatePassingConfig
 from .data import SegmentDataset, build_segment_dataset
 from .interventions import INTERVENTIONS
+from .lora import apply_default_lora_targets
 from .output_lock import hold_output_dir
 
 
 logger = logging.get_logger(__name__)
-
-
-def apply_default_lora_targets(model, peft_config):
-    """Wrap `model` with LoRA, using hf_longssm's per-architecture targets when `peft_config` names none."""
-    from peft import get_peft_model
-
-    if getattr(peft_config, "target_modules", None) is None:
-        peft_config.target_modules = list(get_architecture(model).lora_target_modules)
-    targets = set(peft_config.target_modules) if not isinstance(peft_config.target_modules, str) else None
-    if targets is not None:
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = sorted(targets - present)
-        if missing:
-            logger.warning(f"LoRA target_modules {missing} match no module of this model; present: {sorted(present)}.")
-    return get_peft_model(model, peft_config)
 
 
 class StatePassingTrainer(Trainer):
@@ -373,9 +359,7 @@ class StatePassingTrainer(Trainer):
             license=license,
         )
         self._card_kwargs.update({k: v for k, v in given.items() if v is not None})
-        model_name, base_model, dataset_name, results, table, plot, license = (
-            self._card_kwargs.get(k) for k in given
-        )
+        model_name, base_model, dataset_name, results, table, plot, license = (self._card_kwargs.get(k) for k in given)
         if results is None and self._last_eval_buckets is not None:  # the last evaluation while training
             results = self._last_eval_buckets
             table = table or results_table({"perplexity": results})
