@@ -169,4 +169,11 @@ def upload(trainer: StatePassingTrainer, base_model_id: str | None = None) -> st
 def main(argv: list[str] | None = None) -> StatePassingTrainer:
     """`hf-longssm train --config recipe.yaml [--key value ...]` (`argv` defaults to the command line)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return train(*make_parser().parse_args_and_config(args))
+    trainer = train(*make_parser().parse_args_and_config(args))
+    # Under `accelerate launch`, leave the process group explicitly once every rank is done: left to interpreter
+    # shutdown, gloo's threads can abort a finished rank ("terminate called without an active exception"), which
+    # fails the launch after a complete run.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return trainer
