@@ -27,8 +27,11 @@ def load_torch_file(path: str | os.PathLike, remedy: str, *, mmap: bool = False)
 
     Raises:
         `ValueError`: the file holds objects the restricted unpickler refuses (nothing in it ran), or it is damaged.
+        `FileNotFoundError`: there is no such file.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found. {remedy}")
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

@@ -167,6 +167,21 @@ def base_model_license(name_or_path: str | None) -> str | None:
         return None
 
 
+def drop_peft_local_card(folder: str | os.PathLike) -> None:
+    """Remove a card that names a local base model path: the placeholder card peft's `save_pretrained` writes into
+    an adapter folder (every checkpoint too), which transformers' checkpoint pushes would upload. hf_longssm's own
+    cards never name a local path (`hub_id`), so they are left alone."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return
+    try:
+        base_model = ModelCard.load(card).data.base_model
+    except Exception:  # no parsable front matter: nothing of peft's
+        return
+    if isinstance(base_model, str) and not hub_id(base_model):
+        card.unlink()
+
+
 # Files a post-trained model folder may hold that belong on the Hub (checkpoints and optimizer states do not).
 UPLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png", "*.txt", "*.model", "*.jinja"]
 

@@ -43,6 +43,7 @@ from transformers import (
 from .corpus import neox_tokenizer
 from .files import load_torch_file
 from .mamba_ssm_format import check_state_dict, is_mamba_ssm_config, to_transformers_config, to_transformers_state_dict
+from .modeling.compat import peft_without_deprecation_warnings
 from .tokenization import LEGACY_MARKER_FILE, byte_tokenizer
 
 
@@ -87,7 +88,12 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
     config_file = fetch_file(name_or_path, "config.json", download, required=False)
     adapter_file = None if config_file else fetch_file(name_or_path, "adapter_config.json", download, required=False)
     if adapter_file is not None:  # a LoRA adapter (peft): its base model in either format, then the adapter
-        base = json.loads(adapter_file.read_text())["base_model_name_or_path"]
+        base = json.loads(adapter_file.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ValueError(
+                f"{adapter_file} names no base model (base_model_name_or_path): load the base model yourself and "
+                "the adapter with peft.PeftModel.from_pretrained(base, folder)."
+            )
         model = load_model(base, **{k: v for k, v in from_pretrained_kwargs.items() if k not in DOWNLOAD_KWARGS})
         weights = fetch_file(name_or_path, "adapter_model.safetensors", download, required=False)
         weights = weights or fetch_file(name_or_path, "adapter_model.bin", download)
@@ -95,7 +101,8 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
         # peft's PeftModel is what `AutoPeftModelForCausalLM` (the card's quick start) gives users too.
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(weights.parent))  # the folder (or Hub snapshot) with both files
+        with peft_without_deprecation_warnings():
+            return PeftModel.from_pretrained(model, str(weights.parent))  # the folder (or Hub snapshot), both files
     config = json.loads((config_file or fetch_file(name_or_path, "config.json", download)).read_text())
     if not is_mamba_ssm_config(config):
         return AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)

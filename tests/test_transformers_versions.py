@@ -74,3 +74,23 @@ def test_the_core_calls_raise_no_deprecation_warning(model_type, tmp_path):
         trainer.train()
         trainer.evaluate()
     assert deprecations(caught) == []
+
+
+def test_hf_longssms_peft_calls_raise_no_deprecation_warning(tmp_path):
+    """peft 0.21 reads `is_gradient_checkpointing`, deprecated from transformers 5.24: not passed on to the user."""
+    from peft import LoraConfig
+
+    data = Dataset.from_dict({"input_ids": torch.randint(1, 64, (8, 96)).tolist()})
+    args = hl.StatePassingConfig(
+        output_dir=str(tmp_path), segment_length=16, per_device_train_batch_size=2, max_steps=1, use_cpu=True,
+        report_to=[], save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_model("mamba2").save_pretrained(tmp_path / "base")
+        model = hl.load_model(tmp_path / "base")
+        trainer = hl.StatePassingTrainer(model=model, args=args, train_dataset=data, peft_config=LoraConfig(r=4))
+        trainer.train()
+        trainer.save_model()
+        hl.load_model(tmp_path)
+    assert deprecations(caught) == []

@@ -8,7 +8,9 @@ pinned one (`requirements/constraints.txt`) and on the newest release `pyproject
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import transformers
 from packaging.version import Version
@@ -41,6 +43,16 @@ def check_transformers_version(version: str | None = None) -> None:
             UserWarning,
             stacklevel=2,
         )
+
+
+@contextlib.contextmanager
+def peft_without_deprecation_warnings() -> Iterator[None]:
+    """Around hf_longssm's calls into peft: peft (0.21, the newest release) reads `model.is_gradient_checkpointing`,
+    which transformers deprecates from 5.24 on. That warning is for peft to act on, not the user, so hf_longssm's
+    own peft calls do not pass it on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 check_transformers_version()

@@ -91,7 +91,7 @@ def _cache_argument(model_class: type) -> str:
             return name
     raise TypeError(
         f"{model_class.__name__}.forward takes none of {CACHE_ARGUMENTS}: this transformers version is not supported "
-        "by hf_longssm (see hf_longssm.versions.TESTED_TRANSFORMERS)."
+        "by hf_longssm (see hf_longssm.modeling.compat for the tested range)."
     )
 
 

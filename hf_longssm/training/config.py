@@ -143,11 +143,16 @@ class StatePassingConfig(TrainingArguments):
 
     # transformers pickles these arguments into `training_args.bin` in every checkpoint and in the output folder,
     # and `push_to_hub` uploads that file: a Hub token must never be inside it. Pickling drops `hub_token`; a deep copy
-    # (the only other user of the pickle protocol here) keeps it.
+    # or a copy keeps it.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["hub_token"] = None
         return state
+
+    def __copy__(self) -> StatePassingConfig:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     def __deepcopy__(self, memo: dict) -> StatePassingConfig:
         new = object.__new__(type(self))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers.utils import logging
 
 from ..modeling import get_architecture
+from ..modeling.compat import peft_without_deprecation_warnings
 
 
 logger = logging.get_logger(__name__)
@@ -22,4 +23,5 @@ def apply_default_lora_targets(model, peft_config):
         missing = sorted(targets - present)
         if missing:
             logger.warning(f"LoRA target_modules {missing} match no module of this model; present: {sorted(present)}.")
-    return get_peft_model(model, peft_config)
+    with peft_without_deprecation_warnings():
+        return get_peft_model(model, peft_config)

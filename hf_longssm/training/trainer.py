@@ -18,7 +18,7 @@ from transformers.utils import logging
 from ..evaluation.perplexity import PositionPerplexity, log_buckets, position_metrics, position_nll_sum
 from ..evaluation.text import documents_to_input_ids
 from ..forward import check_token_ids, forward_with_state
-from ..hub import base_model_license, hub_id, render_model_card, results_table
+from ..hub import base_model_license, drop_peft_local_card, hub_id, render_model_card, results_table
 from ..loading import load_model, mamba_ssm_vocab_size
 from ..modeling import get_architecture, kernel_availability, prepare_model, unwrap_model
 from ..sources import is_offline
@@ -271,6 +271,10 @@ class StatePassingTrainer(Trainer):
         return TrainOutput(self.state.global_step, train_loss, metrics)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        self._save_weights(output_dir, state_dict)
+        drop_peft_local_card(output_dir or self.args.output_dir)
+
+    def _save_weights(self, output_dir: str | None, state_dict: dict | None) -> None:
         # peft's `save_embedding_layers="auto"` compares the vocabulary with the base's config.json; a mamba_ssm
         # checkpoint's holds the unpadded size (50277, loaded padded to 50280), so every adapter would carry a copy of
         # the unchanged embedding. Say what is true: the vocabulary is the loaded one.

@@ -232,3 +232,18 @@ def test_a_lora_adapter_with_a_local_base_is_uploaded_naming_the_hub_base(tmp_pa
     # With base_model_id in the recipe the card names it too.
     train.main(args + ["--overwrite_output_dir", "true", "--base_model_id", "me/tiny-base"])
     assert card_data(tmp_path / "lora")["base_model"] == "me/tiny-base"
+
+
+def test_no_checkpoint_of_a_lora_run_from_a_local_base_holds_a_card_naming_the_path(tmp_path):
+    """peft writes a placeholder card naming the base's local path into every adapter folder."""
+    train.main(run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no"))
+    base = tmp_path / "run"
+    (base / "train_results.json").unlink()
+    args = run_args(tmp_path, "--max_steps", "2", "--save_steps", "1", "--output_dir", str(tmp_path / "lora"))
+    i = args.index("--model_config")
+    args[i : i + 2] = ["--model_name_or_path", str(base), "--use_peft", "true"]
+    train.main(args)
+    for folder in [tmp_path / "lora" / "checkpoint-1", tmp_path / "lora" / "checkpoint-2", tmp_path / "lora"]:
+        card = folder / "README.md"
+        assert not card.exists() or str(base) not in card.read_text(), folder
+    assert "hf_longssm" in card_data(tmp_path / "lora")["tags"]  # the run's own card is there
