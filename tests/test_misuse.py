@@ -248,7 +248,14 @@ def test_a_missing_resume_path_is_an_error_not_a_fresh_start(tmp_path):
 
 @pytest.mark.parametrize(
     ("flag", "value", "saved"),
-    [("--per_device_train_batch_size", "1", "2"), ("--segment_length", "8", "16"), ("--state_init", "zero", "'tbtt'")],
+    [
+        ("--per_device_train_batch_size", "1", "2"),
+        ("--segment_length", "8", "16"),
+        ("--state_init", "zero", "'tbtt'"),
+        ("--gradient_accumulation_steps", "2", "1"),  # before: segments 4-7 skipped, 8 started from 3's state
+        ("--seed", "7", "42"),
+        ("--dataloader_num_workers", "1", "0"),
+    ],
 )
 def test_resuming_with_other_settings_names_saved_and_requested(tmp_path, finished_run, flag, value, saved):
     checkpoint = finished_run / "checkpoint-2"
@@ -264,6 +271,15 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path, finished
     (checkpoint / checkpoints.COMPLETE_FILE).write_text(json.dumps({**marker, "world_size": 2}))
     (checkpoint / "hf_longssm_state_rank1.pt").write_bytes((checkpoint / "hf_longssm_state_rank0.pt").read_bytes())
     with pytest.raises(ValueError, match="world_size: saved 2, requested 1"):
+        train.main(run_args(tmp_path, "--resume_from_checkpoint", str(checkpoint)))
+
+
+@pytest.mark.parametrize("missing", ["optimizer.pt", "scheduler.pt"])
+def test_a_checkpoint_without_its_optimizer_or_schedule_is_not_resumed(tmp_path, finished_run, missing):
+    """Before: the resume went on with a fresh optimizer and its losses drifted from the uninterrupted run's."""
+    checkpoint = finished_run / "checkpoint-2"
+    (checkpoint / missing).unlink()
+    with pytest.raises(ValueError, match=f"Cannot resume .*checkpoint-2 exactly: it has no {missing}"):
         train.main(run_args(tmp_path, "--resume_from_checkpoint", str(checkpoint)))
 
 

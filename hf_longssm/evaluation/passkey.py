@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import torch
 
@@ -42,6 +43,12 @@ def build_passkey_prompt(tokenizer, length: int, depth: float, passkey: str) -> 
     cut = round(depth * filler_budget)
     ids = head + filler[:cut] + key_line + filler[cut:] + tail
     return ids, len(head) + cut
+
+
+def is_the_key(text: str, key: str) -> bool:
+    """Whether the answer's first number is exactly `key` (" 153067" is not 15306; " 15306." and "15306 is" are)."""
+    number = re.match(r"\s*(\d+)", text)
+    return number is not None and number.group(1) == key
 
 
 @torch.no_grad()
@@ -92,7 +99,7 @@ def passkey_retrieval(
                     _, state = prefill(model, ids[:, :-1], segment_length)
                     answer_tokens = len(_encode(tokenizer, f" {key}")) + 1
                     generated = _greedy_from_state(model, state, ids[:, -1:], answer_tokens)
-                    correct += tokenizer.decode(generated).strip().startswith(key)
+                    correct += is_the_key(tokenizer.decode(generated), key)
                 results.append(
                     {"length": length, "depth": depth, "accuracy": correct / num_trials, "trials": num_trials}
                 )

@@ -30,8 +30,15 @@ logger = logging.get_logger(__name__)
 STATE_FILE = "hf_longssm_state_rank{rank}.pt"
 COMPLETE_FILE = "hf_longssm_checkpoint.json"
 TRAINER_STATE_FILE = "trainer_state.json"
-# Settings the stream layout depends on: a resume with another value would read other tokens or carry other states.
-RUN_SETTINGS = ("state_init", "segment_length", "per_device_train_batch_size", "world_size")
+# Settings that decide which tokens a step reads or which state it starts from: a resume with another value would not
+# continue the run exactly. (Checkpoints of 0.1 hold the first four; only the settings a checkpoint holds count.)
+RUN_SETTINGS = (
+    "state_init", "segment_length", "per_device_train_batch_size", "world_size", "gradient_accumulation_steps",
+    "dataloader_num_workers", "seed", "data_seed", "reset_state_on_eos", "noise_std", "fitted_noise_warmup_steps",
+    "fitted_noise_update", "state_dtype",
+)  # fmt: skip
+# transformers' files a resume needs besides the weights: without them it would go on with a fresh optimizer.
+RESUME_FILES = ("optimizer.pt", "scheduler.pt")
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -139,7 +146,15 @@ def load_state_file(checkpoint: str | os.PathLike, rank: int) -> dict:
 
 
 def check_resume_settings(checkpoint: str | os.PathLike, saved: dict, requested: dict) -> None:
-    """Refuse a resume that would not continue the saved run exactly, naming the saved and the requested values."""
+    """Refuse a resume that would not continue the saved run exactly, naming the saved and the requested values, or
+    the file it lacks."""
+    lacking = [name for name in RESUME_FILES if not (Path(checkpoint) / name).is_file()]
+    if lacking:
+        raise ValueError(
+            f"Cannot resume {checkpoint} exactly: it has no {', '.join(lacking)} (saved with save_only_model, or "
+            "copied without them), so training would go on with a fresh optimizer and schedule. Resume from a "
+            "checkpoint that has them, or start a new run from its weights (model_name_or_path: the checkpoint)."
+        )
     changed = {k: (saved[k], requested[k]) for k in RUN_SETTINGS if k in saved and saved[k] != requested[k]}
     if changed:
         listed = ", ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in changed.items())

@@ -191,7 +191,21 @@ class StatePassingConfig(TrainingArguments):
             raise ValueError(f"state_dtype must be one of {list(_STATE_DTYPES)}, got {self.state_dtype!r}.")
         if self.state_init == "fitted_noise" and self.fitted_noise_warmup_steps < 1:
             raise ValueError("fitted_noise needs fitted_noise_warmup_steps >= 1 to gather its first statistics.")
+        if self.label_smoothing_factor:
+            raise ValueError(
+                f"label_smoothing_factor={self.label_smoothing_factor} is not supported: StatePassingTrainer's loss "
+                "is the model's own next-token loss over each carried segment. Set it to 0."
+            )
         if self.remove_unused_columns:
             raise ValueError(
                 "StatePassingTrainer needs remove_unused_columns=False: the collator's reset_mask must reach it."
             )
+
+
+def refuse_unused_trainer_arguments(kwargs: dict) -> None:
+    """`Trainer` arguments `StatePassingTrainer` would silently ignore are refused, naming what to do instead."""
+    if kwargs.get("compute_metrics") is not None:
+        raise ValueError(
+            "compute_metrics is not called by StatePassingTrainer.evaluate(), which reads each held-out document "
+            "with the state carried and reports perplexity by position (eval_ppl_<lo>_<hi>); drop it."
+        )

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 
 def iter_token_documents(dataset, tokenizer=None, text_column: str = "text") -> Iterator[list[int]]:
@@ -123,7 +123,9 @@ class StreamingSegmentDataset(IterableDataset):
                     previous[s] = buffers[s][length - 1]
                     del buffers[s][:length]
                 segment_index += 1
-        if segment_index == 0:
+        worker = get_worker_info()
+        if segment_index == 0 and not (worker is not None and worker.id > 0 and not any(buffers)):
+            # (A data-loader worker given none of the shards, e.g. 1 shard for 2 workers, has nothing to read.)
             raise ValueError(
                 f"The streaming dataset ended before every one of {streams} streams held one segment of {length} "
                 f"(+1) tokens (they hold {[len(b) for b in buffers]}). Lower `segment_length` or the batch size."
@@ -152,3 +154,15 @@ def build_segment_dataset(
     return SegmentDataset(
         iter_token_documents(dataset, tokenizer, text_column), segment_length, num_streams, eos_token_id
     )
+
+
+def check_loader_settings(dataset, args) -> None:
+    """Refuse data-loader settings that would break TBTT's streams: a streaming dataset read by several workers gives
+    each worker its own streams (its share of the shards), and their batches alternate, so a row's next segment would
+    come from another worker's stream."""
+    if args.state_init == "tbtt" and isinstance(dataset, StreamingSegmentDataset) and args.dataloader_num_workers > 0:
+        raise ValueError(
+            f"TBTT with a streaming dataset and dataloader_num_workers={args.dataloader_num_workers}: each worker "
+            "would build its own streams and their batches would alternate, so a segment would start from another "
+            "stream's state. Set dataloader_num_workers: 0 (or use a map-style dataset, which keeps the order)."
+        )

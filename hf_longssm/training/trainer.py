@@ -37,8 +37,8 @@ from .checkpoints import (
     unmark,
 )
 from .collator import DataCollatorForStatePassing
-from .config import StatePassingConfig
-from .data import SegmentDataset, build_segment_dataset
+from .config import StatePassingConfig, refuse_unused_trainer_arguments
+from .data import SegmentDataset, build_segment_dataset, check_loader_settings
 from .interventions import INTERVENTIONS
 from .lora import apply_default_lora_targets
 from .output_lock import hold_output_dir
@@ -90,8 +90,7 @@ class StatePassingTrainer(Trainer):
             model = apply_default_lora_targets(model, peft_config)
         prepare_model(model)
         base = unwrap_model(model)
-        kernels = kernel_availability()
-        logger.info(f"hf_longssm kernels importable: {kernels}; CUDA tensors use them, others the torch path.")
+        logger.info(f"hf_longssm kernels importable: {kernel_availability()}; CUDA tensors use them, others not.")
 
         # 3. Data: documents -> streams -> segments
         eos_token_id = getattr(processing_class, "eos_token_id", None) if processing_class is not None else None
@@ -109,6 +108,8 @@ class StatePassingTrainer(Trainer):
             )
             if isinstance(train_dataset, SegmentDataset):  # checked once here, not per step on the device
                 check_token_ids(train_dataset.streams, base.get_input_embeddings().num_embeddings)
+            check_loader_settings(train_dataset, args)
+        refuse_unused_trainer_arguments(kwargs)
         # Evaluation documents are read whole from their start (up to eval_max_length), not cut into segments.
         self._eval_input_ids = None
         if eval_dataset is not None:

@@ -83,3 +83,16 @@ def test_passkey_bad_input():
 
     with pytest.raises(ValueError, match="digits"):
         evaluation.build_passkey_prompt(NoDigits(), 500, 0.5, "12345")
+
+
+@pytest.mark.parametrize(
+    ("answer", "right"),
+    [(" 15306", True), ("15306.", True), (" 15306 is the key", True), (" 153067", False), (" 1530", False),
+     ("the key 15306", False), ("", False)],
+)  # fmt: skip
+def test_only_the_exact_number_counts(answer, right):
+    from hf_longssm.evaluation.lm_eval_tasks.builders import process_passkey
+    from hf_longssm.evaluation.passkey import is_the_key
+
+    assert is_the_key(answer, "15306") is right
+    assert process_passkey({"target": "15306"}, [answer]) == {"acc": float(right)}

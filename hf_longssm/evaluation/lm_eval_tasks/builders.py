@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 
 from hf_longssm.corpus import DEFAULT_CACHE, HELD_OUT_PLAYS, shakespeare_plays
-from hf_longssm.evaluation.passkey import build_passkey_prompt
+from hf_longssm.evaluation.passkey import build_passkey_prompt, is_the_key
 from hf_longssm.loading import load_tokenizer
 
 
@@ -126,8 +126,8 @@ def passkey(**kwargs: Any) -> dict[str, datasets.Dataset]:
 
 
 def process_passkey(doc: dict, results: list[str]) -> dict[str, float]:
-    """Right when the generated text starts with the key, as `evaluation.passkey_retrieval` scores it."""
-    return {"acc": float(results[0].strip().startswith(doc["target"]))}
+    """Right when the generated text's first number is the key, as `evaluation.passkey_retrieval` scores it."""
+    return {"acc": float(is_the_key(results[0], doc["target"]))}
 
 
 # ----- bAbI-style fact retrieval in books ----------------------------------------------------------------------

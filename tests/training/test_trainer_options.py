@@ -1,0 +1,57 @@
+"""Trainer options that would silently do something else than in transformers are refused, naming what to do."""
+
+import pytest
+import torch
+from datasets import Dataset, IterableDataset
+
+import hf_longssm as hl
+from tests.utils import tiny_model
+
+
+def config(tmp_path, **overrides):
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"), state_init="tbtt", segment_length=16, per_device_train_batch_size=2,
+        max_steps=2, use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, dataloader_drop_last=True,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return hl.StatePassingConfig(**kwargs)
+
+
+def streaming(num_shards: int, docs: int = 16) -> IterableDataset:
+    def rows(shards):
+        for shard in shards:
+            generator = torch.Generator().manual_seed(shard)
+            for _ in range(docs // num_shards):
+                yield {"input_ids": torch.randint(1, 64, (100,), generator=generator).tolist()}
+
+    return IterableDataset.from_generator(rows, gen_kwargs={"shards": list(range(num_shards))})
+
+
+def test_tbtt_with_a_streaming_dataset_and_several_workers_is_refused(tmp_path):
+    """Before: each worker built its own streams and their batches alternated (segment_index 0,0,1,1,...), so a
+    segment started from another worker's stream's state."""
+    args = config(tmp_path, dataloader_num_workers=2)
+    with pytest.raises(ValueError, match="TBTT with a streaming dataset and dataloader_num_workers=2.*Set dataloader_num_workers: 0"):
+        hl.StatePassingTrainer(model=tiny_model("mamba2"), args=args, train_dataset=streaming(2))
+
+
+def test_a_streaming_dataset_of_one_shard_with_two_workers_trains(tmp_path):
+    """Before: the worker given no shard raised "the streaming dataset ended before every one of 4 streams..."."""
+    args = config(tmp_path, state_init="state_passing", dataloader_num_workers=2)
+    trainer = hl.StatePassingTrainer(model=tiny_model("mamba2"), args=args, train_dataset=streaming(1))
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
+def test_label_smoothing_is_refused_rather_than_ignored(tmp_path):
+    """Before: the losses at 0 and 0.5 were identical (the plain Trainer's change)."""
+    with pytest.raises(ValueError, match="label_smoothing_factor=0.5 is not supported.*Set it to 0"):
+        config(tmp_path, label_smoothing_factor=0.5)
+
+
+def test_compute_metrics_is_refused_rather_than_never_called(tmp_path):
+    data = Dataset.from_dict({"input_ids": torch.randint(1, 64, (8, 100)).tolist()})
+    with pytest.raises(ValueError, match="compute_metrics is not called"):
+        hl.StatePassingTrainer(
+            model=tiny_model("mamba2"), args=config(tmp_path), train_dataset=data, compute_metrics=lambda p: {}
+        )
