@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from .modeling import get_architecture
 from .versions import CARD_PACKAGES, package_versions
@@ -147,6 +149,10 @@ def hub_id(name: str | None) -> str | None:
     folder) and the offline corpus never go into a card's metadata."""
     if not name or not _HUB_ID.fullmatch(name) or os.path.exists(name) or name.startswith("hf_longssm/"):
         return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
     return name
 
 
@@ -226,6 +232,12 @@ def push_folder_to_hub(
                 (upload_from / adapter_config.name).write_text(
                     json.dumps({**config, "base_model_name_or_path": base_model_id}, indent=2)
                 )
+                staged_card = upload_from / "README.md"
+                if staged_card.is_file():  # the card names the same base
+                    card = ModelCard.load(staged_card)
+                    if not hub_id(card.data.base_model):
+                        card.data.base_model = base_model_id
+                        card.save(staged_card)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(

@@ -70,8 +70,8 @@ class TextFiles(DataSource):
             except UnicodeDecodeError as err:
                 # Refused rather than decoded with replacement characters: the model would learn them as text.
                 raise ValueError(
-                    f"{path} is not UTF-8 text. Convert it first, e.g. `iconv -f latin1 -t utf-8 {path} > "
-                    "converted.txt`."
+                    f"{path} is not UTF-8 text. Convert it first, e.g. `iconv -f <its encoding, e.g. latin1 or "
+                    f"utf-16> -t utf-8 {path} > converted.txt`."
                 ) from err
         return Dataset.from_dict({"text": texts})
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import HfArgumentParser
 
 from ..loading import DTYPES
@@ -93,6 +95,11 @@ class ModelArguments:
         if self.torch_dtype is not None:
             warnings.warn("torch_dtype is deprecated: use dtype (transformers' name).", FutureWarning, stacklevel=2)
             self.dtype, self.torch_dtype = self.torch_dtype, None
+        if self.base_model_id is not None:
+            try:
+                validate_repo_id(self.base_model_id)
+            except HFValidationError as err:
+                raise ValueError(f"base_model_id={self.base_model_id!r} is not a Hub repository id: {err}") from None
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}: choose from {list(DTYPES)}.")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..hub import push_folder_to_hub
 from ..training.checkpoints import FINISHED_FILE
+from ..training.output_lock import hold_output_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,13 +37,14 @@ def main(argv: list[str] | None = None) -> str:
             f"hf-longssm push: {folder} holds no finished run ({FINISHED_FILE} is missing). Finish it first: rerun "
             "the same `hf-longssm train` command, which resumes from its last checkpoint."
         )
-    url = push_folder_to_hub(
-        folder,
-        args.repo_id or folder.resolve().name,
-        private=args.private or None,
-        token=args.token,
-        commit_message=args.commit_message,
-        base_model_id=args.base_model_id,
-    )
+    with hold_output_dir(folder):  # not while a run writes into it
+        url = push_folder_to_hub(
+            folder,
+            args.repo_id or folder.resolve().name,
+            private=args.private or None,
+            token=args.token,
+            commit_message=args.commit_message,
+            base_model_id=args.base_model_id,
+        )
     print(url)
     return url

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, set_seed
 from transformers.utils import logging
 
-from ..hub import push_folder_to_hub
+from ..hub import hub_id, push_folder_to_hub
 from ..loading import apply_model_init, load_model, load_tokenizer
 from ..sources import load_documents
 from ..training import StatePassingConfig, StatePassingTrainer
@@ -92,10 +92,16 @@ def train(
 
 
 def _train(script_args, training_args, model_args):
+    push = training_args.push_to_hub
+    if push:
+        check_push(training_args, model_args)
+        # hf_longssm pushes once, after every local result is written; transformers' Trainer would create the repo
+        # now and upload the folder at every save (`hub_strategy`), before any card exists.
+        training_args.push_to_hub = False
     # 1. Where this launch starts, decided before anything is loaded or written (checkpoints.resume_point).
     resume = resume_point(training_args, model_args.model_name_or_path)
     if resume == FINISHED:
-        hint = f" To upload it: hf-longssm push {training_args.output_dir}." if training_args.push_to_hub else ""
+        hint = f" To upload it: {push_command(training_args, model_args)}." if push else ""
         logger.warning(
             f"{training_args.output_dir} holds a finished run ({FINISHED_FILE}): nothing to do. Set "
             f"overwrite_output_dir: true to train it again from scratch, or choose another output_dir.{hint}"
@@ -141,15 +147,41 @@ def _train(script_args, training_args, model_args):
     if trainer.is_world_process_zero():
         (Path(training_args.output_dir) / FINISHED_FILE).write_text(json.dumps(result.metrics, indent=2))
     # 3. The upload, once, last.
-    if training_args.push_to_hub and trainer.is_world_process_zero():
-        upload(trainer, model_args.base_model_id)
+    if push and trainer.is_world_process_zero():
+        upload(training_args, model_args)
     return trainer
 
 
-def upload(trainer: StatePassingTrainer, base_model_id: str | None = None) -> str:
+def repo_id_of(args: StatePassingConfig) -> str:
+    """`hub_model_id`, or the output folder's name (in the token's namespace), as transformers names it."""
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
+def push_command(args: StatePassingConfig, model_args: ModelArguments) -> str:
+    """The `hf-longssm push` command that uploads this run as `push_to_hub` would."""
+    command = f"hf-longssm push {args.output_dir} --repo_id {repo_id_of(args)}"
+    command += " --private" if args.hub_private_repo else ""
+    return command + (f" --base_model_id {model_args.base_model_id}" if model_args.base_model_id else "")
+
+
+def check_push(args: StatePassingConfig, model_args: ModelArguments) -> None:
+    """Refuse, before training, a push that could only fail or upload what it should not."""
+    strategy = str(getattr(args.hub_strategy, "value", args.hub_strategy))
+    if strategy != "every_save":
+        raise ValueError(
+            f"hub_strategy={strategy!r}: hf-longssm train uploads the finished run once, at its end, and no "
+            "checkpoint. Drop hub_strategy (checkpoints stay local and resume from output_dir)."
+        )
+    if model_args.use_peft and not (model_args.base_model_id or hub_id(model_args.model_name_or_path)):
+        raise ValueError(
+            f"push_to_hub with LoRA on the local model {model_args.model_name_or_path!r}: the uploaded adapter could "
+            "not be loaded anywhere else. Set base_model_id to the base model's Hub id, or push_to_hub: false."
+        )
+
+
+def upload(args: StatePassingConfig, model_args: ModelArguments) -> str:
     """Push the finished run's folder to `hub_model_id` (default: the folder's name in your namespace)."""
-    args = trainer.args
-    repo_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id or Path(args.output_dir).resolve().name
+    repo_id = repo_id_of(args)
     try:
         return push_folder_to_hub(
             args.output_dir,
@@ -157,12 +189,12 @@ def upload(trainer: StatePassingTrainer, base_model_id: str | None = None) -> st
             private=args.hub_private_repo,
             token=args.hub_token,
             commit_message="Post-trained with hf_longssm",
-            base_model_id=base_model_id,
+            base_model_id=model_args.base_model_id,
         )
     except Exception as err:
         raise RuntimeError(
             f"The run finished and everything is saved in {args.output_dir}, but the upload to {repo_id} failed "
-            f"({type(err).__name__}: {err}). Retry it with: hf-longssm push {args.output_dir} --repo_id {repo_id}"
+            f"({type(err).__name__}: {err}). Retry it with: {push_command(args, model_args)}"
         ) from err
 
 

@@ -176,7 +176,7 @@ def resume_point(args, model_name_or_path: str | None = None) -> str | None:
 
     * `resume_from_checkpoint` given: that checkpoint (the trainer refuses a missing or incomplete one);
     * `overwrite_output_dir`: from scratch; earlier checkpoints of `output_dir` are deleted (they would otherwise be
-      resumed by a later launch);
+      resumed by a later launch), and so is the finished marker of an earlier run;
     * a finished run (`train_results.json`): `FINISHED`, nothing is trained or rewritten;
     * otherwise the newest complete checkpoint, or from scratch in an empty (or checkpoint-free) folder.
 
@@ -190,6 +190,8 @@ def resume_point(args, model_name_or_path: str | None = None) -> str | None:
         for old in list_checkpoints(output_dir) if args.process_index == 0 else []:
             logger.warning(f"overwrite_output_dir: deleting {old} from an earlier run.")
             shutil.rmtree(old, ignore_errors=True)
+        if args.process_index == 0:  # the folder no longer holds a finished run (`hf-longssm push` refuses it)
+            (output_dir / FINISHED_FILE).unlink(missing_ok=True)
         return None
     if model_name_or_path and Path(model_name_or_path).resolve() == output_dir.resolve():
         raise ValueError(

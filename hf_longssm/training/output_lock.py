@@ -39,8 +39,12 @@ def _acquire(path: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
+            for _ in range(10):  # the holder writes its name right after locking
+                handle.seek(0)
+                holder = handle.read().strip()
+                if holder:
+                    break
+                time.sleep(0.05)
             handle.close()
             raise OutputDirInUseError(
                 f"{path.parent} is in use by another run ({holder or 'holder unknown'}). Two runs in one output_dir "

@@ -144,8 +144,9 @@ def hub(monkeypatch):
 
 
 def test_a_push_uploads_once_after_every_local_result(tmp_path, hub):
-    train.main(run_args(tmp_path, "--push_to_hub", "true", "--hub_model_id", "me/tiny", "--save_strategy", "no"))
-    assert len(hub["upload"]) == 1
+    """Before: transformers uploaded the folder at every save (training_args.bin included) and again at the end."""
+    train.main(run_args(tmp_path, "--push_to_hub", "true", "--hub_model_id", "me/tiny"))
+    assert len(hub["upload"]) == 1 and (tmp_path / "run" / "checkpoint-6").is_dir()
     repo_id, files, contents = hub["upload"][0]
     assert repo_id == "me/tiny" and {"README.md", "train_results.json", "model.safetensors"} <= set(files)
     assert "training_args.bin" not in files and not any(f.startswith("_") for f in files)
@@ -247,3 +248,55 @@ def test_no_checkpoint_of_a_lora_run_from_a_local_base_holds_a_card_naming_the_p
         card = folder / "README.md"
         assert not card.exists() or str(base) not in card.read_text(), folder
     assert "hf_longssm" in card_data(tmp_path / "lora")["tags"]  # the run's own card is there
+
+
+def test_a_push_that_could_only_fail_is_refused_before_training(tmp_path, hub):
+    train.main(run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no"))
+    (tmp_path / "run" / "train_results.json").unlink()
+    args = run_args(tmp_path, "--output_dir", str(tmp_path / "lora"), "--push_to_hub", "true")
+    i = args.index("--model_config")
+    args[i : i + 2] = ["--model_name_or_path", str(tmp_path / "run"), "--use_peft", "true"]
+    with pytest.raises(ValueError, match="LoRA on the local model .*Set base_model_id"):
+        train.main(args)
+    with pytest.raises(ValueError, match="hub_strategy='checkpoint'.*once"):
+        train.main(run_args(tmp_path, "--push_to_hub", "true", "--hub_strategy", "checkpoint"))
+    with pytest.raises(ValueError, match="base_model_id='me/tiny-base.' is not a Hub repository id"):
+        train.main(args + ["--base_model_id", "me/tiny-base."])
+    assert not list((tmp_path / "lora").glob("checkpoint-*")) and hub["upload"] == []
+
+
+def test_push_refuses_a_folder_whose_newer_run_is_unfinished_or_running(tmp_path, hub):
+    train.main(run_args(tmp_path, "--max_steps", "2", "--save_strategy", "no"))
+    run = tmp_path / "run"
+    other = holder(run)
+    try:
+        with pytest.raises(OutputDirInUseError):
+            push.main([str(run), "--repo_id", "me/tiny"])
+    finally:
+        other.kill()
+        other.wait()
+    # overwrite_output_dir starts a new run: the old run's finished marker goes, so its files are not pushed as done.
+    with pytest.raises(ValueError, match="max_steps=0"):  # the new run fails at once, after its start
+        train.main(run_args(tmp_path, "--overwrite_output_dir", "true", "--max_steps", "0"))
+    train_results = run / "train_results.json"
+    assert train_results.exists()  # refused before it started: nothing was deleted
+    trainer_args = run_args(tmp_path, "--overwrite_output_dir", "true", "--max_steps", "1", "--save_strategy", "no")
+    trainer_args[trainer_args.index("--data_files") + 1] = str(tmp_path / "missing.txt")
+    with pytest.raises(FileNotFoundError):
+        train.main(trainer_args)
+    assert not train_results.exists()
+    with pytest.raises(SystemExit, match="holds no finished run"):
+        push.main([str(run), "--repo_id", "me/tiny"])
+    assert hub["upload"] == []
+
+
+def test_push_with_a_base_model_id_names_it_in_the_card_too(tmp_path, hub):
+    train.main(run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no"))
+    (tmp_path / "run" / "train_results.json").unlink()
+    args = run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no", "--output_dir", str(tmp_path / "lora"))
+    i = args.index("--model_config")
+    args[i : i + 2] = ["--model_name_or_path", str(tmp_path / "run"), "--use_peft", "true"]
+    train.main(args)
+    push.main([str(tmp_path / "lora"), "--repo_id", "me/lora", "--base_model_id", "me/tiny-base"])
+    card = ModelCard(hub["upload"][-1][2]["README.md"].decode())
+    assert card.data.base_model == "me/tiny-base"

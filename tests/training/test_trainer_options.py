@@ -31,7 +31,9 @@ def test_tbtt_with_a_streaming_dataset_and_several_workers_is_refused(tmp_path):
     """Before: each worker built its own streams and their batches alternated (segment_index 0,0,1,1,...), so a
     segment started from another worker's stream's state."""
     args = config(tmp_path, dataloader_num_workers=2)
-    with pytest.raises(ValueError, match="TBTT with a streaming dataset and dataloader_num_workers=2.*Set dataloader_num_workers: 0"):
+    with pytest.raises(
+        ValueError, match="TBTT with a streaming dataset and dataloader_num_workers=2.*Set dataloader_num_workers: 0"
+    ):
         hl.StatePassingTrainer(model=tiny_model("mamba2"), args=args, train_dataset=streaming(2))
 
 
