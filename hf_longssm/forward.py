@@ -22,6 +22,12 @@ def _compute_dtypes(dtype: torch.dtype, device: torch.device) -> set[torch.dtype
 
 
 def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype, device: torch.device) -> None:
+    theirs = getattr(state.config, "model_type", None)
+    if theirs is not None and theirs != model.config.model_type:
+        raise ValueError(
+            f"The state is a {theirs} model's, this model is {model.config.model_type}: states do not carry across "
+            "model families. Build a state from this model (CarriedState.zeros(model, batch_size))."
+        )
     expected = state_shapes(model.config)
     if state.num_layers != len(expected):
         raise ValueError(
@@ -91,6 +97,11 @@ def forward_with_state(
     reference = input_ids if input_ids is not None else inputs_embeds
     if reference is None:
         raise ValueError("Pass input_ids (or inputs_embeds).")
+    if reference.dim() != (2 if input_ids is not None else 3):
+        raise ValueError(
+            f"{'input_ids' if input_ids is not None else 'inputs_embeds'} has shape {tuple(reference.shape)}: give a "
+            "batch dimension first, (batch, seq_len) for input_ids (e.g. input_ids[None] for one sequence)."
+        )
     batch_size = reference.shape[0]
     if reference.shape[1] == 0:
         raise ValueError("The segment has no tokens (input_ids of length 0): give at least one token per segment.")

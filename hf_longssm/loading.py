@@ -43,6 +43,7 @@ from transformers import (
 from .corpus import neox_tokenizer
 from .files import load_torch_file
 from .mamba_ssm_format import check_state_dict, is_mamba_ssm_config, to_transformers_config, to_transformers_state_dict
+from .modeling import get_architecture
 from .modeling.compat import peft_without_deprecation_warnings
 from .tokenization import LEGACY_MARKER_FILE, byte_tokenizer
 
@@ -85,8 +86,8 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
             weights that do not fit the config (every missing, unexpected or wrongly shaped name listed).
     """
     download = {k: from_pretrained_kwargs[k] for k in DOWNLOAD_KWARGS if k in from_pretrained_kwargs}
-    config_file = fetch_file(name_or_path, "config.json", download, required=False)
-    adapter_file = None if config_file else fetch_file(name_or_path, "adapter_config.json", download, required=False)
+    config_file = model_config_file(name_or_path, download)
+    adapter_file = config_file if config_file.name == "adapter_config.json" else None
     if adapter_file is not None:  # a LoRA adapter (peft): its base model in either format, then the adapter
         base = json.loads(adapter_file.read_text()).get("base_model_name_or_path")
         if not base:
@@ -103,8 +104,9 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
 
         with peft_without_deprecation_warnings():
             return PeftModel.from_pretrained(model, str(weights.parent))  # the folder (or Hub snapshot), both files
-    config = json.loads((config_file or fetch_file(name_or_path, "config.json", download)).read_text())
+    config = json.loads(config_file.read_text())
     if not is_mamba_ssm_config(config):
+        get_architecture(config.get("model_type"))  # a clear error for another family, before loading weights
         return AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)
     rest = {k: v for k, v in from_pretrained_kwargs.items() if k not in DOWNLOAD_KWARGS}
     return _load_mamba_ssm(name_or_path, config, download, **rest)
@@ -146,6 +148,15 @@ def _dtype(dtype: Any) -> Any:
     if isinstance(dtype, str) and dtype in DTYPES:
         return getattr(torch, dtype)
     raise ValueError(f"dtype={dtype!r}: give a torch.dtype or one of {list(DTYPES)}.")
+
+
+def model_config_file(name_or_path, download: dict | None = None) -> Path:
+    """The `config.json` (a model) or `adapter_config.json` (a peft adapter) of `name_or_path`, or the error that
+    says it is no model (a missing folder, a folder without either file, an unknown Hub id offline)."""
+    config_file = fetch_file(name_or_path, "config.json", download, required=False)
+    if config_file is None:
+        config_file = fetch_file(name_or_path, "adapter_config.json", download, required=False)
+    return config_file or fetch_file(name_or_path, "config.json", download)
 
 
 def mamba_ssm_vocab_size(name_or_path) -> int | None:
@@ -299,7 +310,24 @@ def load_tokenizer(name_or_path: str):
     folder = Path(name_or_path)
     if (folder / LEGACY_MARKER_FILE).is_file() and not (folder / "tokenizer.json").is_file():
         return byte_tokenizer()
-    return AutoTokenizer.from_pretrained(name_or_path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(_no_tokenizer(name_or_path, f"none of {list(TOKENIZER_FILES)} is there"))
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    # transformers falls back to an empty tokenizer for some incomplete folders: it would encode every text to [].
+    if not tokenizer("a test", add_special_tokens=False)["input_ids"]:
+        raise ValueError(_no_tokenizer(name_or_path, "what loads from it encodes text to no tokens"))
+    return tokenizer
+
+
+# Files one of which a saved tokenizer has (fast, sentencepiece, or BPE vocabulary).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json")
+
+
+def _no_tokenizer(name_or_path: str, why: str) -> str:
+    return (
+        f"{name_or_path} holds no tokenizer ({why}). Name one: tokenizer 'byte', the base model's Hub id, or a "
+        "folder with a saved tokenizer (`hf-longssm convert SRC DST --tokenizer NAME` saves one with a model)."
+    )
 
 
 def resolve_model(

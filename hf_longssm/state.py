@@ -167,9 +167,9 @@ class CarriedState:
 
     # ----- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Flat tensors (`conv_states.{i}`, `recurrent_states.{i}`) for `torch.save` / safetensors."""
-        out = {f"conv_states.{i}": t.detach() for i, t in enumerate(self.conv_states)}
-        out.update({f"recurrent_states.{i}": t.detach() for i, t in enumerate(self.recurrent_states)})
+        """Flat, contiguous tensors (`conv_states.{i}`, `recurrent_states.{i}`) for `torch.save` / safetensors."""
+        out = {f"conv_states.{i}": t.detach().contiguous() for i, t in enumerate(self.conv_states)}
+        out.update({f"recurrent_states.{i}": t.detach().contiguous() for i, t in enumerate(self.recurrent_states)})
         return out
 
     @classmethod

@@ -6,9 +6,11 @@ Every command is a module of this package with a `main(argv)`; `COMMANDS` is the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from types import ModuleType
 
+from ..training.output_lock import OutputDirInUseError
 from . import convert, demo, eval, lm_eval, push, train
 
 
@@ -47,5 +49,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.parse_args(argv[:1])  # `--help` (exit 0), an unknown command (exit 2)
         parser.print_usage(sys.stderr)
         parser.exit(2, f"{parser.prog}: error: give a command: {', '.join(COMMANDS)}\n")
-    # The console script exits with what `main` returns: None, i.e. status 0.
-    COMMANDS[name].main(argv[1:])
+    # The console script exits with what `main` returns: None, i.e. status 0. The errors hf_longssm raises for bad
+    # input say what to do: printed as a usage error, without a traceback (HF_LONGSSM_TRACEBACK=1 shows it).
+    try:
+        COMMANDS[name].main(argv[1:])
+    except (ValueError, FileNotFoundError, OutputDirInUseError) as err:
+        if os.environ.get("HF_LONGSSM_TRACEBACK") == "1":
+            raise
+        sys.exit(f"hf-longssm {name}: error: {err}")

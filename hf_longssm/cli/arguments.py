@@ -112,6 +112,7 @@ class RecipeParser(HfArgumentParser):
 
     def parse_args_and_config(self, args: list[str] | None = None):
         args = list(sys.argv[1:] if args is None else args)
+        args = [part for arg in args for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
         if "--config" in args:
             i = args.index("--config")
             if i + 1 >= len(args):
@@ -121,7 +122,10 @@ class RecipeParser(HfArgumentParser):
             if not Path(config_path).is_file():
                 raise FileNotFoundError(f"--config {config_path}: file not found.")
             with open(config_path) as f:
-                config = yaml.safe_load(f) or {}
+                try:
+                    config = yaml.safe_load(f) or {}
+                except yaml.YAMLError as err:
+                    raise ValueError(f"{config_path} is not valid YAML: {err}") from None
             if not isinstance(config, dict):
                 raise ValueError(f"{config_path}: expected `key: value` lines, got a {type(config).__name__}.")
             known = {f.name for dtype in self.dataclass_types for f in fields(dtype)}
@@ -156,6 +160,15 @@ class RecipeParser(HfArgumentParser):
         for item in items:
             if isinstance(item, (list, dict)):
                 raise ValueError(f"{config_path}: {action.dest} got {item!r}, not a single value.")
+            if isinstance(item, bool) and action.choices is not None:
+                # YAML 1.1 reads `no` / `yes` / `off` as booleans: `save_strategy: no` means the choice "no".
+                if not item and "no" in action.choices:
+                    item = "no"
+                else:
+                    raise ValueError(
+                        f"{config_path}: {action.dest}: YAML read a boolean ({item!r}); quote the value, one of "
+                        f"{list(action.choices)}."
+                    )
             if convert is int and isinstance(item, float) or (convert is int and isinstance(item, bool)):
                 raise ValueError(f"{config_path}: {action.dest} must be an integer, got {item!r}.")
             try:

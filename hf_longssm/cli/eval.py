@@ -22,7 +22,7 @@ from .. import evaluation
 from ..evaluation.plots import plot_eval
 from ..evaluation.text import documents_to_input_ids
 from ..hub import results_table
-from ..loading import resolve_model, resolve_tokenizer
+from ..loading import model_config_file, resolve_model, resolve_tokenizer
 from ..sources import OFFLINE_SHAKESPEARE, get_source
 from ..versions import package_versions
 from .results import free_path, write_json
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> Path:
         args.bucket_start = args.train_context or 16
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for model_id in args.model:  # a clear error for a name that is no model, before the tokenizer is looked for
+        model_config_file(model_id)
     input_ids = None
     if args.task != "passkey":
         tokenizer = resolve_tokenizer(args.tokenizer, args.model[0])
@@ -176,10 +178,21 @@ def main(argv: list[str] | None = None) -> Path:
     }
     json_path = write_json(payload, out / f"{args.task}.json")
     if args.task == "position_ppl":
-        table = results_table({Path(m).name: r["buckets"] for m, r in results.items()})
+        names = short_names(list(results))
+        table = results_table({names[m]: r["buckets"] for m, r in results.items()})
         free_path(out / "position_ppl.md").write_text(table + "\n")
         print(table)
     if not args.no_plot:
         plot_eval(args.task, results, free_path(out / f"{args.task}.png"), train_context=args.train_context)
     print(f"wrote {json_path}")
     return json_path
+
+
+def short_names(models: list[str]) -> dict[str, str]:
+    """A column title per model: its folder's name, with as many parent folders as it takes to tell them apart
+    (`runA/checkpoint-500` and `runB/checkpoint-500`)."""
+    for depth in range(1, max(len(Path(m).parts) for m in models) + 1):
+        names = {m: "/".join(Path(m).parts[-depth:]) for m in models}
+        if len(set(names.values())) == len(models):
+            return names
+    return {m: m for m in models}

@@ -22,7 +22,7 @@ from ..hub import hub_id, push_folder_to_hub
 from ..loading import apply_model_init, load_model, load_tokenizer
 from ..sources import load_documents
 from ..training import StatePassingConfig, StatePassingTrainer
-from ..training.checkpoints import FINISHED, FINISHED_FILE, resume_point
+from ..training.checkpoints import FINISHED, FINISHED_FILE, last_complete_checkpoint, resume_point
 from ..training.output_lock import hold_output_dir
 from .arguments import ModelArguments, RecipeParser, ScriptArguments, load_model_config_json
 
@@ -102,6 +102,12 @@ def _train(script_args, training_args, model_args):
     resume = resume_point(training_args, model_args.model_name_or_path)
     if resume == FINISHED:
         hint = f" To upload it: {push_command(training_args, model_args)}." if push else ""
+        last = last_complete_checkpoint(training_args.output_dir)
+        if last is not None and training_args.max_steps > int(last.rsplit("-", 1)[1]):
+            hint += (
+                f" To train it on to max_steps={training_args.max_steps}: resume_from_checkpoint: {last} (into "
+                "another output_dir, or this one with its train_results.json removed)."
+            )
         logger.warning(
             f"{training_args.output_dir} holds a finished run ({FINISHED_FILE}): nothing to do. Set "
             f"overwrite_output_dir: true to train it again from scratch, or choose another output_dir.{hint}"

@@ -19,8 +19,17 @@ def documents_to_input_ids(
         length (`int`): tokens per sequence.
         num_sequences (`int`, *optional*): stop after this many rows.
     """
+    if isinstance(documents, dict):
+        raise ValueError(
+            f"Evaluation documents given as a dict ({sorted(documents)}): give one dataset; evaluate each set with "
+            "its own trainer.evaluate(eval_dataset=..., metric_key_prefix=...) call."
+        )
     rows, skipped = [], []
     for i, doc in enumerate(documents):
+        if tokenizer is None and not (isinstance(doc, dict) and "input_ids" in doc):
+            raise ValueError(
+                "The evaluation documents are text: pass the tokenizer (processing_class=...) or give input_ids."
+            )
         if isinstance(doc, dict):
             ids = doc["input_ids"] if "input_ids" in doc else tokenizer(doc[text_column])["input_ids"]
         else:

@@ -26,7 +26,8 @@ _STATEFUL_MIXERS: dict[type, type] = {
 
 
 def unwrap_model(model: torch.nn.Module) -> PreTrainedModel:
-    """The transformers model inside DDP / FSDP / Accelerate (`.module`) and PEFT (`.get_base_model()`) wrappers."""
+    """The transformers model inside DDP / FSDP / Accelerate (`.module`), `torch.compile` (`._orig_mod`) and PEFT
+    (`.get_base_model()`) wrappers."""
     while True:
         if isinstance(model, PreTrainedModel):
             return model
@@ -34,6 +35,8 @@ def unwrap_model(model: torch.nn.Module) -> PreTrainedModel:
             model = model.get_base_model()
         elif isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP, FSDP, accelerate wrappers
             model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
         else:
             raise TypeError(f"Expected a transformers model (possibly wrapped), got {type(model).__name__}.")
 

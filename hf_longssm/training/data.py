@@ -16,10 +16,29 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
 
 
 def iter_token_documents(dataset, tokenizer=None, text_column: str = "text") -> Iterator[list[int]]:
-    """Token ids of every document of `dataset` (rows with `input_ids`, or `text` tokenized by `tokenizer`)."""
+    """Token ids of every document of `dataset` (rows with `input_ids`, or `text` tokenized by `tokenizer`); empty
+    documents are counted and reported (each would add only an EOS to its stream)."""
+    empty = total = 0
+    for ids in _token_documents(dataset, tokenizer, text_column):
+        total += 1
+        empty += not ids
+        yield ids
+    if empty:
+        logger.warning(
+            f"{empty} of {total} documents have no tokens: each adds only an EOS to its stream"
+            f"{'; the run would train on EOS tokens alone' if empty == total else ''}. Check the data (text_column, "
+            "empty files)."
+        )
+
+
+def _token_documents(dataset, tokenizer, text_column: str) -> Iterator[list[int]]:
     for index, row in enumerate(dataset):
         mask = row.get("attention_mask")
         if mask is not None and not all(int(m) == 1 for m in mask):

@@ -57,3 +57,15 @@ def test_compute_metrics_is_refused_rather_than_never_called(tmp_path):
         hl.StatePassingTrainer(
             model=tiny_model("mamba2"), args=config(tmp_path), train_dataset=data, compute_metrics=lambda p: {}
         )
+
+
+def test_torch_compile_trains_the_same_losses(tmp_path):
+    """Before: `TypeError: Expected a transformers model (possibly wrapped), got OptimizedModule`."""
+    data = Dataset.from_dict({"input_ids": torch.randint(1, 64, (8, 100)).tolist()})
+    losses = {}
+    for compiled in (False, True):
+        args = config(tmp_path, logging_steps=1, torch_compile=compiled, torch_compile_backend="eager")
+        trainer = hl.StatePassingTrainer(model=tiny_model("mamba2"), args=args, train_dataset=data)
+        trainer.train()
+        losses[compiled] = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
