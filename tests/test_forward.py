@@ -201,7 +201,7 @@ def test_mismatched_state_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="state.to\\(dtype"):
         hl.forward_with_state(model, ids, hl.CarriedState.zeros(model, 2).to(dtype=torch.float64))
     mamba1_state = hl.CarriedState.zeros(tiny_model("mamba"), 2)
-    with pytest.raises(ValueError, match="do not match the model"):
+    with pytest.raises(ValueError, match="The state is a mamba model.s, this model is mamba2"):
         hl.forward_with_state(model, ids, mamba1_state)
 
 
