@@ -16,6 +16,26 @@ from .interventions import INTERVENTIONS
 
 
 STATE_INITS = tuple(INTERVENTIONS)
+# `TrainingArguments` fields that StatePassingTrainer would otherwise ignore or that would break the carried state:
+# refused unless left at transformers' default (docs/trainer_options.md classifies every field).
+_EVAL_ONLY = "StatePassingTrainer.evaluate() reports perplexity by position and never calls compute_metrics."
+UNSUPPORTED_OPTIONS = {
+    "label_smoothing_factor": (0.0, "the loss is the model's own next-token loss over each carried segment."),
+    "label_names": (None, "the labels are the collator's next tokens of each stream."),
+    "auto_find_batch_size": (False, "the streams are laid out for per_device_train_batch_size once, at the start."),
+    "ignore_data_skip": (False, "a resume would read other tokens than the interrupted run (resumes are exact)."),
+    "length_column_name": ("length", "segments all have segment_length tokens: there is nothing to group by."),
+    "use_cache": (False, "training carries hf_longssm's own state; transformers' cache is for generation."),
+    "dataloader_in_order": (True, "TBTT reads each stream's segments in order."),
+    "bf16_full_eval": (False, "evaluation runs the model as training does; load it in that dtype instead."),
+    "fp16_full_eval": (False, "evaluation runs the model as training does; load it in that dtype instead."),
+    "prediction_loss_only": (False, _EVAL_ONLY),
+    "eval_accumulation_steps": (None, _EVAL_ONLY),
+    "eval_do_concat_batches": (True, _EVAL_ONLY),
+    "include_for_metrics": ([], _EVAL_ONLY),
+    "batch_eval_metrics": (False, _EVAL_ONLY),
+    "eval_use_gather_object": (False, _EVAL_ONLY),
+}
 _STATE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -191,10 +211,14 @@ class StatePassingConfig(TrainingArguments):
             raise ValueError(f"state_dtype must be one of {list(_STATE_DTYPES)}, got {self.state_dtype!r}.")
         if self.state_init == "fitted_noise" and self.fitted_noise_warmup_steps < 1:
             raise ValueError("fitted_noise needs fitted_noise_warmup_steps >= 1 to gather its first statistics.")
-        if self.label_smoothing_factor:
+        for name, (default, why) in UNSUPPORTED_OPTIONS.items():
+            value = getattr(self, name, default)
+            if value != default and not (name == "dataloader_in_order" and self.state_init != "tbtt"):
+                raise ValueError(f"{name}={value!r} is not supported by StatePassingTrainer: {why}")
+        if getattr(self, "train_sampling_strategy", "random") == "group_by_length":
             raise ValueError(
-                f"label_smoothing_factor={self.label_smoothing_factor} is not supported: StatePassingTrainer's loss "
-                "is the model's own next-token loss over each carried segment. Set it to 0."
+                "train_sampling_strategy='group_by_length' is not supported by StatePassingTrainer: every segment has "
+                "segment_length tokens, and regrouping them would move streams off their rows. Use 'random'."
             )
         if self.remove_unused_columns:
             raise ValueError(

@@ -1,10 +1,16 @@
 """Trainer options that would silently do something else than in transformers are refused, naming what to do."""
 
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from datasets import Dataset, IterableDataset
+from transformers import TrainingArguments
 
 import hf_longssm as hl
+from hf_longssm.training.config import UNSUPPORTED_OPTIONS
 from tests.utils import tiny_model
 
 
@@ -47,7 +53,7 @@ def test_a_streaming_dataset_of_one_shard_with_two_workers_trains(tmp_path):
 
 def test_label_smoothing_is_refused_rather_than_ignored(tmp_path):
     """Before: the losses at 0 and 0.5 were identical (the plain Trainer's change)."""
-    with pytest.raises(ValueError, match="label_smoothing_factor=0.5 is not supported.*Set it to 0"):
+    with pytest.raises(ValueError, match="label_smoothing_factor=0.5 is not supported.*next-token loss"):
         config(tmp_path, label_smoothing_factor=0.5)
 
 
@@ -69,3 +75,42 @@ def test_torch_compile_trains_the_same_losses(tmp_path):
         trainer.train()
         losses[compiled] = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+# ----- every TrainingArguments field is classified (docs/trainer_options.md), every refusal raises ------------------
+TABLE = Path(__file__).resolve().parents[2] / "docs" / "trainer_options.md"
+
+
+def table_rows() -> dict[str, str]:
+    rows = {}
+    for line in TABLE.read_text().splitlines():
+        if match := re.match(r"^\| `(\w+)` \| ([^|]+) \|", line):
+            rows[match.group(1)] = match.group(2).strip()
+    return rows
+
+
+def test_the_options_table_lists_every_field_of_the_installed_transformers():
+    fields = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
+    assert sorted(set(fields) - set(table_rows())) == []
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED_OPTIONS))
+def test_each_refused_option_is_refused_naming_it(tmp_path, name):
+    default = UNSUPPORTED_OPTIONS[name][0]
+    value = {bool: not default, float: 0.5, type(None): 2, str: "other", list: ["inputs"]}[type(default)]
+    if name == "label_names":
+        value = ["labels"]
+    assert "refused" in table_rows()[name]
+    with pytest.raises(ValueError, match=f"{name}=.* is not supported by StatePassingTrainer"):
+        config(tmp_path, **{name: value})
+
+
+def test_group_by_length_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="group_by_length' is not supported"):
+        config(tmp_path, train_sampling_strategy="group_by_length")
+
+
+def test_dataloader_in_order_false_is_refused_only_with_tbtt(tmp_path):
+    config(tmp_path, state_init="state_passing", dataloader_in_order=False)
+    with pytest.raises(ValueError, match="dataloader_in_order=False"):
+        config(tmp_path, dataloader_in_order=False)
