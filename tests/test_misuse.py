@@ -255,6 +255,7 @@ def test_a_missing_resume_path_is_an_error_not_a_fresh_start(tmp_path):
         ("--gradient_accumulation_steps", "2", "1"),  # before: segments 4-7 skipped, 8 started from 3's state
         ("--seed", "7", "42"),
         ("--dataloader_num_workers", "1", "0"),
+        ("--train_sampling_strategy", "sequential", "'random'"),
     ],
 )
 def test_resuming_with_other_settings_names_saved_and_requested(tmp_path, finished_run, flag, value, saved):
@@ -274,7 +275,7 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path, finished
         train.main(run_args(tmp_path, "--resume_from_checkpoint", str(checkpoint)))
 
 
-@pytest.mark.parametrize("missing", ["optimizer.pt", "scheduler.pt"])
+@pytest.mark.parametrize("missing", ["optimizer.pt", "scheduler.pt", "rng_state.pth"])
 def test_a_checkpoint_without_its_optimizer_or_schedule_is_not_resumed(tmp_path, finished_run, missing):
     """Before: the resume went on with a fresh optimizer and its losses drifted from the uninterrupted run's."""
     checkpoint = finished_run / "checkpoint-2"

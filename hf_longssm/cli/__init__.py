@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     # input say what to do: printed as a usage error, without a traceback (HF_LONGSSM_TRACEBACK=1 shows it).
     try:
         COMMANDS[name].main(argv[1:])
-    except (ValueError, FileNotFoundError, OutputDirInUseError) as err:
+    except (ValueError, OSError, OutputDirInUseError) as err:  # OSError: missing files, the network
         if os.environ.get("HF_LONGSSM_TRACEBACK") == "1":
             raise
         sys.exit(f"hf-longssm {name}: error: {err}")

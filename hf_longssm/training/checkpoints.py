@@ -35,7 +35,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 RUN_SETTINGS = (
     "state_init", "segment_length", "per_device_train_batch_size", "world_size", "gradient_accumulation_steps",
     "dataloader_num_workers", "seed", "data_seed", "reset_state_on_eos", "noise_std", "fitted_noise_warmup_steps",
-    "fitted_noise_update", "state_dtype",
+    "fitted_noise_update", "state_dtype", "train_sampling_strategy",
 )  # fmt: skip
 # transformers' files a resume needs besides the weights: without them it would go on with a fresh optimizer.
 RESUME_FILES = ("optimizer.pt", "scheduler.pt")
@@ -149,11 +149,13 @@ def check_resume_settings(checkpoint: str | os.PathLike, saved: dict, requested:
     """Refuse a resume that would not continue the saved run exactly, naming the saved and the requested values, or
     the file it lacks."""
     lacking = [name for name in RESUME_FILES if not (Path(checkpoint) / name).is_file()]
+    if not any(Path(checkpoint).glob("rng_state*.pth")):  # `rng_state.pth`, or one per process
+        lacking.append("rng_state.pth")
     if lacking:
         raise ValueError(
             f"Cannot resume {checkpoint} exactly: it has no {', '.join(lacking)} (saved with save_only_model, or "
-            "copied without them), so training would go on with a fresh optimizer and schedule. Resume from a "
-            "checkpoint that has them, or start a new run from its weights (model_name_or_path: the checkpoint)."
+            "copied without them), so training would go on with a fresh optimizer, schedule or random state. Resume "
+            "from a checkpoint that has them, or start a new run from its weights (model_name_or_path: that folder)."
         )
     changed = {k: (saved[k], requested[k]) for k in RUN_SETTINGS if k in saved and saved[k] != requested[k]}
     if changed:

@@ -16,6 +16,13 @@ from .interventions import INTERVENTIONS
 
 
 STATE_INITS = tuple(INTERVENTIONS)
+# StatePassingConfig's own fields that only one intervention reads: another value with another state_init is refused.
+_APPLIES_TO = {
+    "noise_std": ("random_noise",),
+    "fitted_noise_warmup_steps": ("fitted_noise",),
+    "fitted_noise_update": ("fitted_noise",),
+    "reset_state_on_eos": ("tbtt",),
+}
 # `TrainingArguments` fields that StatePassingTrainer would otherwise ignore or that would break the carried state:
 # refused unless left at transformers' default (docs/trainer_options.md classifies every field).
 _EVAL_ONLY = "StatePassingTrainer.evaluate() reports perplexity by position and never calls compute_metrics."
@@ -215,6 +222,18 @@ class StatePassingConfig(TrainingArguments):
             value = getattr(self, name, default)
             if value != default and not (name == "dataloader_in_order" and self.state_init != "tbtt"):
                 raise ValueError(f"{name}={value!r} is not supported by StatePassingTrainer: {why}")
+        for name, inits in _APPLIES_TO.items():
+            default = type(self).__dataclass_fields__[name].default
+            if self.state_init not in inits and getattr(self, name) != default:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} has no effect with state_init={self.state_init!r} (it applies to "
+                    f"{', '.join(inits)}): drop it, or choose that state_init."
+                )
+        if self.state_init == "tbtt" and getattr(self.accelerator_config, "split_batches", False):
+            raise ValueError(
+                "accelerator_config.split_batches with TBTT: each process would get rows of other streams at each "
+                "step, so a segment would start from another stream's state. Leave split_batches false (the default)."
+            )
         if getattr(self, "train_sampling_strategy", "random") == "group_by_length":
             raise ValueError(
                 "train_sampling_strategy='group_by_length' is not supported by StatePassingTrainer: every segment has "
@@ -226,8 +245,13 @@ class StatePassingConfig(TrainingArguments):
             )
 
 
-def refuse_unused_trainer_arguments(kwargs: dict) -> None:
+def refuse_unused_trainer_arguments(model, kwargs: dict) -> None:
     """`Trainer` arguments `StatePassingTrainer` would silently ignore are refused, naming what to do instead."""
+    if kwargs.get("model_init") is not None or model is None:
+        raise ValueError(
+            "model_init is not supported by StatePassingTrainer (the carried state is laid out for one model): pass "
+            "the model as `model=`."
+        )
     if kwargs.get("compute_metrics") is not None:
         raise ValueError(
             "compute_metrics is not called by StatePassingTrainer.evaluate(), which reads each held-out document "

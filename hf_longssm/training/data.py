@@ -151,6 +151,17 @@ class StreamingSegmentDataset(IterableDataset):
             )
 
 
+class _TokenDocuments:
+    """Re-iterable token documents of a streaming dataset (every epoch reads the stream again); a module-level class,
+    so data-loader workers started with `spawn` can pickle it."""
+
+    def __init__(self, dataset, tokenizer, text_column: str):
+        self.dataset, self.tokenizer, self.text_column = dataset, tokenizer, text_column
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter_token_documents(self.dataset, self.tokenizer, self.text_column)
+
+
 def build_segment_dataset(
     dataset,
     segment_length: int,
@@ -164,12 +175,8 @@ def build_segment_dataset(
         return dataset
     streaming = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
     if streaming:
-
-        class _Documents:  # re-iterable, so every epoch reads the stream again
-            def __iter__(self):
-                return iter_token_documents(dataset, tokenizer, text_column)
-
-        return StreamingSegmentDataset(_Documents(), segment_length, num_streams, eos_token_id)
+        documents = _TokenDocuments(dataset, tokenizer, text_column)
+        return StreamingSegmentDataset(documents, segment_length, num_streams, eos_token_id)
     return SegmentDataset(
         iter_token_documents(dataset, tokenizer, text_column), segment_length, num_streams, eos_token_id
     )

@@ -83,6 +83,7 @@ class StatePassingTrainer(Trainer):
             raise TypeError("StatePassingTrainer needs a StatePassingConfig (it adds state_init, segment_length...).")
 
         # 2. Model: supported architecture, stateful mixers, optional LoRA
+        refuse_unused_trainer_arguments(model, kwargs)
         if isinstance(model, str):
             model = load_model(model)
         get_architecture(model)
@@ -109,7 +110,6 @@ class StatePassingTrainer(Trainer):
             if isinstance(train_dataset, SegmentDataset):  # checked once here, not per step on the device
                 check_token_ids(train_dataset.streams, base.get_input_embeddings().num_embeddings)
             check_loader_settings(train_dataset, args)
-        refuse_unused_trainer_arguments(kwargs)
         # Evaluation documents are read whole from their start (up to eval_max_length), not cut into segments.
         self._eval_input_ids = None
         if eval_dataset is not None:

@@ -23,14 +23,17 @@ def config(tmp_path, **overrides):
     return hl.StatePassingConfig(**kwargs)
 
 
-def streaming(num_shards: int, docs: int = 16) -> IterableDataset:
-    def rows(shards):
-        for shard in shards:
-            generator = torch.Generator().manual_seed(shard)
-            for _ in range(docs // num_shards):
-                yield {"input_ids": torch.randint(1, 64, (100,), generator=generator).tolist()}
+def rows(shards: list[int], per_shard: int):
+    for shard in shards:
+        generator = torch.Generator().manual_seed(shard)
+        for _ in range(per_shard):
+            yield {"input_ids": torch.randint(1, 64, (100,), generator=generator).tolist()}
 
-    return IterableDataset.from_generator(rows, gen_kwargs={"shards": list(range(num_shards))})
+
+def streaming(num_shards: int, docs: int = 16) -> IterableDataset:
+    """A streaming dataset of `num_shards` shards (a module-level generator: spawned workers pickle it)."""
+    kwargs = {"shards": list(range(num_shards)), "per_shard": docs // num_shards}
+    return IterableDataset.from_generator(rows, gen_kwargs=kwargs)
 
 
 def test_tbtt_with_a_streaming_dataset_and_several_workers_is_refused(tmp_path):
@@ -114,3 +117,32 @@ def test_dataloader_in_order_false_is_refused_only_with_tbtt(tmp_path):
     config(tmp_path, state_init="state_passing", dataloader_in_order=False)
     with pytest.raises(ValueError, match="dataloader_in_order=False"):
         config(tmp_path, dataloader_in_order=False)
+
+
+def test_split_batches_with_tbtt_is_refused(tmp_path):
+    """Before (2 processes): rank 0 read rows of streams 0 and 2, so segment 1 of stream 0 started from stream 2's."""
+    with pytest.raises(ValueError, match="split_batches with TBTT"):
+        config(tmp_path, accelerator_config={"split_batches": True})
+    config(tmp_path, state_init="state_passing", accelerator_config={"split_batches": True})
+
+
+def test_an_interventions_own_setting_with_another_intervention_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="noise_std=0.3 has no effect with state_init='state_passing'"):
+        config(tmp_path, state_init="state_passing", noise_std=0.3)
+    with pytest.raises(ValueError, match="reset_state_on_eos=False has no effect with state_init='zero'"):
+        config(tmp_path, state_init="zero", reset_state_on_eos=False)
+    config(tmp_path, state_init="random_noise", noise_std=0.3)
+
+
+def test_model_init_is_refused_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="model_init is not supported"):
+        hl.StatePassingTrainer(model=None, args=config(tmp_path), model_init=lambda: tiny_model("mamba2"))
+
+
+def test_a_streaming_dataset_trains_with_spawned_workers(tmp_path):
+    """Before: `Can't pickle local object 'build_segment_dataset.<locals>._Documents'`."""
+    args = config(tmp_path, state_init="state_passing", dataloader_num_workers=1,
+                  dataloader_multiprocessing_context="spawn", max_steps=1)  # fmt: skip
+    trainer = hl.StatePassingTrainer(model=tiny_model("mamba2"), args=args, train_dataset=streaming(1))
+    trainer.train()
+    assert trainer.state.global_step == 1
