@@ -11,12 +11,15 @@ import sys
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.utils import logging
 
 from .interventions import INTERVENTIONS
 
 
+logger = logging.get_logger(__name__)
+
 STATE_INITS = tuple(INTERVENTIONS)
-# StatePassingConfig's own fields that only one intervention reads: another value with another state_init is refused.
+# StatePassingConfig's own fields that only one intervention reads: set with another state_init, they are warned about.
 _APPLIES_TO = {
     "noise_std": ("random_noise",),
     "fitted_noise_warmup_steps": ("fitted_noise",),
@@ -225,9 +228,10 @@ class StatePassingConfig(TrainingArguments):
         for name, inits in _APPLIES_TO.items():
             default = type(self).__dataclass_fields__[name].default
             if self.state_init not in inits and getattr(self, name) != default:
-                raise ValueError(
+                # Warned, not refused: one config shared by runs of every state_init (a sweep) stays valid.
+                logger.warning(
                     f"{name}={getattr(self, name)!r} has no effect with state_init={self.state_init!r} (it applies to "
-                    f"{', '.join(inits)}): drop it, or choose that state_init."
+                    f"{', '.join(inits)})."
                 )
         if self.state_init == "tbtt" and getattr(self.accelerator_config, "split_batches", False):
             raise ValueError(

@@ -126,12 +126,15 @@ def test_split_batches_with_tbtt_is_refused(tmp_path):
     config(tmp_path, state_init="state_passing", accelerator_config={"split_batches": True})
 
 
-def test_an_interventions_own_setting_with_another_intervention_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="noise_std=0.3 has no effect with state_init='state_passing'"):
+def test_an_interventions_own_setting_with_another_intervention_is_warned_about(tmp_path, caplog):
+    """Before: silently ignored. Warned, not refused, so one config can serve a sweep over state_init."""
+    with caplog.at_level("WARNING"):
         config(tmp_path, state_init="state_passing", noise_std=0.3)
-    with pytest.raises(ValueError, match="reset_state_on_eos=False has no effect with state_init='zero'"):
         config(tmp_path, state_init="zero", reset_state_on_eos=False)
-    config(tmp_path, state_init="random_noise", noise_std=0.3)
+        config(tmp_path, state_init="random_noise", noise_std=0.4)
+    assert "noise_std=0.3 has no effect with state_init='state_passing'" in caplog.text
+    assert "reset_state_on_eos=False has no effect with state_init='zero'" in caplog.text
+    assert "noise_std=0.4" not in caplog.text
 
 
 def test_model_init_is_refused_naming_it(tmp_path):
