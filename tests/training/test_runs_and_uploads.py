@@ -44,6 +44,18 @@ def holder(folder: Path) -> subprocess.Popen:
     return process
 
 
+def from_local_base(tmp_path, output: str, *extra: str, lora: bool = True) -> tuple[Path, list[str]]:
+    """A small base model trained into `tmp_path/run` (a local folder, no Hub id), and the arguments of a run that
+    post-trains it (LoRA by default) into `tmp_path/<output>`."""
+    train.main(run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no"))
+    base = tmp_path / "run"
+    (base / "train_results.json").unlink()  # now a model folder to start from, not a finished run of ours
+    args = run_args(tmp_path, "--output_dir", str(tmp_path / output), *extra)
+    i = args.index("--model_config")
+    args[i : i + 2] = ["--model_name_or_path", str(base), *(["--use_peft", "true"] if lora else [])]
+    return base, args
+
+
 # ----- 1. one run per output folder ----------------------------------------------------------------------------------
 def test_a_second_run_into_a_held_folder_is_refused_and_writes_nothing(tmp_path):
     folder = tmp_path / "run"
@@ -200,15 +212,9 @@ def test_the_card_is_tagged_with_its_own_method_only(tmp_path, state_init, tag):
 
 
 def test_the_licence_is_the_base_models_or_the_given_one_never_a_guess(tmp_path):
-    train.main(run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no"))
-    assert "license" not in card_data(tmp_path / "run")  # built from a config: no licence known
-    base = tmp_path / "run"
+    base, args = from_local_base(tmp_path, "post", "--max_steps", "1", "--save_strategy", "no", lora=False)
+    assert "license" not in card_data(base)  # built from a config: no licence known
     ModelCard("---\nlicense: mit\n---\nA base model.").save(base / "README.md")
-    (base / "train_results.json").unlink()
-    out = ["--output_dir", str(tmp_path / "post")]
-    args = run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no", *out)
-    i = args.index("--model_config")
-    args[i : i + 2] = ["--model_name_or_path", str(base)]
     train.main(args)
     assert card_data(tmp_path / "post")["license"] == "mit"
     train.main(args + ["--overwrite_output_dir", "true", "--license", "apache-2.0"])
@@ -216,12 +222,7 @@ def test_the_licence_is_the_base_models_or_the_given_one_never_a_guess(tmp_path)
 
 
 def test_a_lora_adapter_with_a_local_base_is_uploaded_naming_the_hub_base(tmp_path, hub):
-    train.main(run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no"))
-    base = tmp_path / "run"
-    (base / "train_results.json").unlink()
-    args = run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no", "--output_dir", str(tmp_path / "lora"))
-    i = args.index("--model_config")
-    args[i : i + 2] = ["--model_name_or_path", str(base), "--use_peft", "true"]
+    base, args = from_local_base(tmp_path, "lora", "--max_steps", "1", "--save_strategy", "no")
     train.main(args)
     with pytest.raises(ValueError, match="names the local base model.*base_model_id"):
         push.main([str(tmp_path / "lora"), "--repo_id", "me/lora"])
@@ -237,12 +238,7 @@ def test_a_lora_adapter_with_a_local_base_is_uploaded_naming_the_hub_base(tmp_pa
 
 def test_no_checkpoint_of_a_lora_run_from_a_local_base_holds_a_card_naming_the_path(tmp_path):
     """peft writes a placeholder card naming the base's local path into every adapter folder."""
-    train.main(run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no"))
-    base = tmp_path / "run"
-    (base / "train_results.json").unlink()
-    args = run_args(tmp_path, "--max_steps", "2", "--save_steps", "1", "--output_dir", str(tmp_path / "lora"))
-    i = args.index("--model_config")
-    args[i : i + 2] = ["--model_name_or_path", str(base), "--use_peft", "true"]
+    base, args = from_local_base(tmp_path, "lora", "--max_steps", "2", "--save_steps", "1")
     train.main(args)
     for folder in [tmp_path / "lora" / "checkpoint-1", tmp_path / "lora" / "checkpoint-2", tmp_path / "lora"]:
         card = folder / "README.md"
@@ -251,11 +247,7 @@ def test_no_checkpoint_of_a_lora_run_from_a_local_base_holds_a_card_naming_the_p
 
 
 def test_a_push_that_could_only_fail_is_refused_before_training(tmp_path, hub):
-    train.main(run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no"))
-    (tmp_path / "run" / "train_results.json").unlink()
-    args = run_args(tmp_path, "--output_dir", str(tmp_path / "lora"), "--push_to_hub", "true")
-    i = args.index("--model_config")
-    args[i : i + 2] = ["--model_name_or_path", str(tmp_path / "run"), "--use_peft", "true"]
+    _, args = from_local_base(tmp_path, "lora", "--push_to_hub", "true")
     with pytest.raises(ValueError, match="LoRA on the local model .*Set base_model_id"):
         train.main(args)
     with pytest.raises(ValueError, match="hub_strategy='checkpoint'.*once"):
@@ -291,11 +283,7 @@ def test_push_refuses_a_folder_whose_newer_run_is_unfinished_or_running(tmp_path
 
 
 def test_push_with_a_base_model_id_names_it_in_the_card_too(tmp_path, hub):
-    train.main(run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no"))
-    (tmp_path / "run" / "train_results.json").unlink()
-    args = run_args(tmp_path, "--max_steps", "1", "--save_strategy", "no", "--output_dir", str(tmp_path / "lora"))
-    i = args.index("--model_config")
-    args[i : i + 2] = ["--model_name_or_path", str(tmp_path / "run"), "--use_peft", "true"]
+    _, args = from_local_base(tmp_path, "lora", "--max_steps", "1", "--save_strategy", "no")
     train.main(args)
     push.main([str(tmp_path / "lora"), "--repo_id", "me/lora", "--base_model_id", "me/tiny-base"])
     card = ModelCard(hub["upload"][-1][2]["README.md"].decode())
