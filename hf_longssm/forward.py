@@ -140,7 +140,9 @@ def forward_with_state(
 
     segment = SegmentStates(state.conv_states, state.recurrent_states)
     kwargs[cache_argument(base)] = segment
-    with cache_kept_under_checkpointing(base):
+    # Only a checkpointed layer in training drops its cache argument: nothing to do per segment otherwise.
+    keep_cache = cache_kept_under_checkpointing(base) if checkpointing and base.training else contextlib.nullcontext()
+    with keep_cache:
         output = model(input_ids=input_ids, use_cache=False, **kwargs)
     return output, CarriedState(*segment.final_states(), config=state.config)
 
