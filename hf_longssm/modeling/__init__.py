@@ -10,10 +10,12 @@ from .base import Architecture, SegmentStates, StatefulMixerMixin
 from .kernels import kernel_availability, reference_scans
 from .ops import selective_scan
 from .registry import (
+    STATEFUL_MIXER_CLASSES,
     SUPPORTED_ARCHITECTURES,
     cache_argument,
     cache_kept_under_checkpointing,
     get_architecture,
+    input_device,
     prepare_model,
     state_shapes,
     unwrap_model,
@@ -21,6 +23,7 @@ from .registry import (
 
 
 __all__ = [
+    "STATEFUL_MIXER_CLASSES",
     "SUPPORTED_ARCHITECTURES",
     "Architecture",
     "SegmentStates",
@@ -28,6 +31,7 @@ __all__ = [
     "cache_argument",
     "cache_kept_under_checkpointing",
     "get_architecture",
+    "input_device",
     "kernel_availability",
     "reference_scans",
     "selective_scan",

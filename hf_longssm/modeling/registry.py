@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import types
 from collections.abc import Iterator
 
 import torch
@@ -23,6 +24,8 @@ SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
 _STATEFUL_MIXERS: dict[type, type] = {
     mixer: stateful for architecture in FAMILIES for mixer, stateful in architecture.stateful_mixers.items()
 }
+# The stateful subclasses, e.g. for wrappers that must treat a mixer as one unit (DeepSpeed ZeRO-3 leaf modules).
+STATEFUL_MIXER_CLASSES: tuple[type, ...] = tuple(_STATEFUL_MIXERS.values())
 
 
 def unwrap_model(model: torch.nn.Module) -> PreTrainedModel:
@@ -75,8 +78,42 @@ def prepare_model(model: torch.nn.Module) -> PreTrainedModel:
     for module in base.modules():
         stateful = _STATEFUL_MIXERS.get(type(module))
         if stateful is not None:
+            original = type(module)
             module.__class__ = stateful
+            _rebind_accelerate_hook(module, original)
     return base
+
+
+def _rebind_accelerate_hook(module: torch.nn.Module, original: type) -> None:
+    """Make an accelerate hook on a mixer whose class was just swapped call the stateful forward.
+
+    A model loaded with `device_map=` (or passed to `accelerate.dispatch_model`) has hooks that replace `forward` on
+    the instance: the hook moves the inputs to the layer's execution device, on-loads offloaded weights, then calls
+    `module._old_forward`, the forward *bound when the hook was attached* (transformers' own). Swapping the class
+    does not change that bound method, so the stateful forward would never run and transformers' forward would get
+    a `SegmentStates` as its cache. Only transformers' own forward bound to this module is replaced; a hook attached
+    after the swap already holds the stateful forward, and `remove_hook_from_module` restores the rebound one.
+    """
+    old_forward = vars(module).get("_old_forward")
+    if getattr(old_forward, "__self__", None) is module and getattr(old_forward, "__func__", None) is original.forward:
+        module._old_forward = types.MethodType(type(module).forward, module)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """The device `model` takes its inputs on: the input embeddings' execution device.
+
+    For a model dispatched by accelerate (`from_pretrained(device_map=...)`) the embedding's weight may be on "meta"
+    (offloaded to the CPU or disk) or on another device than the first parameter, so the hook's execution device is
+    read; otherwise the embedding weight's device.
+    """
+    embeddings = unwrap_model(model).get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)
+    for part in getattr(hook, "hooks", (hook,)):  # a `SequentialHook` chains several
+        execution_device = getattr(part, "execution_device", None)
+        if execution_device is not None:
+            # accelerate stores a GPU index as an int: torch.device(0) is the first CUDA device.
+            return torch.device(execution_device)
+    return embeddings.weight.device
 
 
 def cache_argument(model: torch.nn.Module) -> str:

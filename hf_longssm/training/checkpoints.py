@@ -37,8 +37,10 @@ RUN_SETTINGS = (
     "dataloader_num_workers", "seed", "data_seed", "reset_state_on_eos", "noise_std", "fitted_noise_warmup_steps",
     "fitted_noise_update", "state_dtype", "train_sampling_strategy",
 )  # fmt: skip
-# transformers' files a resume needs besides the weights: without them it would go on with a fresh optimizer.
-RESUME_FILES = ("optimizer.pt", "scheduler.pt")
+# transformers' files a resume needs besides the weights (and `scheduler.pt`, `rng_state*.pth`): without them it would
+# go on with a fresh optimizer. The optimizer's state is `optimizer.pt` (one process or DDP), `optimizer.bin` or the
+# folder `optimizer_0` (FSDP's full or sharded state dict) or a `global_step<N>` folder (DeepSpeed).
+OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin", "optimizer_0", "global_step*")
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -145,11 +147,20 @@ def load_state_file(checkpoint: str | os.PathLike, rank: int) -> dict:
     )
 
 
+def at_max_steps(checkpoint: str | os.PathLike, max_steps: int) -> bool:
+    """Whether `checkpoint` was saved at `max_steps` (the run was killed between its last save and its end)."""
+    saved = json.loads((Path(checkpoint) / TRAINER_STATE_FILE).read_text())
+    return max_steps > 0 and saved["global_step"] >= max_steps
+
+
 def check_resume_settings(checkpoint: str | os.PathLike, saved: dict, requested: dict) -> None:
     """Refuse a resume that would not continue the saved run exactly, naming the saved and the requested values, or
     the file it lacks."""
-    lacking = [name for name in RESUME_FILES if not (Path(checkpoint) / name).is_file()]
-    if not any(Path(checkpoint).glob("rng_state*.pth")):  # `rng_state.pth`, or one per process
+    folder = Path(checkpoint)
+    lacking = [] if any(any(folder.glob(pattern)) for pattern in OPTIMIZER_FILES) else ["optimizer.pt"]
+    if not (folder / "scheduler.pt").is_file():
+        lacking.append("scheduler.pt")
+    if not any(folder.glob("rng_state*.pth")):  # `rng_state.pth`, or one per process
         lacking.append("rng_state.pth")
     if lacking:
         raise ValueError(

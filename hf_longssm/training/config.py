@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 from transformers.utils import logging
 
+from .distributed import check_sharding_arguments
 from .interventions import INTERVENTIONS
 
 
@@ -247,6 +248,7 @@ class StatePassingConfig(TrainingArguments):
             raise ValueError(
                 "StatePassingTrainer needs remove_unused_columns=False: the collator's reset_mask must reach it."
             )
+        check_sharding_arguments(self)
 
 
 def refuse_unused_trainer_arguments(model, kwargs: dict) -> None:

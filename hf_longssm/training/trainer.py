@@ -15,7 +15,7 @@ from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 from transformers.utils import logging
 
-from ..evaluation.perplexity import PositionPerplexity, log_buckets, position_metrics, position_nll_sum
+from ..evaluation.perplexity import PositionPerplexity, log_buckets, position_metrics
 from ..evaluation.text import documents_to_input_ids
 from ..forward import check_token_ids, forward_with_state
 from ..hub import base_model_license, drop_peft_local_card, hub_id, render_model_card, results_table
@@ -25,6 +25,7 @@ from ..sources import is_offline
 from .callbacks import EvalPlotCallback
 from .checkpoints import (
     TRAINER_STATE_FILE,
+    at_max_steps,
     check_resume_settings,
     last_complete_checkpoint,
     load_state_file,
@@ -39,6 +40,12 @@ from .checkpoints import (
 from .collator import DataCollatorForStatePassing
 from .config import StatePassingConfig, refuse_unused_trainer_arguments
 from .data import SegmentDataset, build_segment_dataset, check_loader_settings
+from .distributed import (
+    deepspeed_leaf_mixers,
+    enable_fsdp_on_cpu,
+    position_nll_sum_across_processes,
+    save_gathered_model,
+)
 from .interventions import INTERVENTIONS
 from .lora import apply_default_lora_targets
 from .output_lock import hold_output_dir
@@ -140,6 +147,11 @@ class StatePassingTrainer(Trainer):
         if hasattr(base, "add_model_tags"):
             base.add_model_tags(self._tag_names + [args.state_init.replace("_", "-")])
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        enable_fsdp_on_cpu(self)  # accelerate would run a CPU request for FSDP as DDP (see training.distributed)
+        deepspeed_leaf_mixers(self)
+
     # ----- data order ------------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -216,10 +228,7 @@ class StatePassingTrainer(Trainer):
         if input_ids is None:
             raise ValueError("StatePassingTrainer.evaluate needs eval_dataset (documents, as train_dataset takes).")
         start_time = time.time()
-        share = input_ids[self.args.process_index :: self.args.world_size]
-        total = position_nll_sum(self.model, share, self.args.segment_length, batch_size=self.args.eval_batch_size)
-        device = self.args.device
-        total = self.accelerator.reduce(total.to(device), reduction="sum").double().cpu()
+        total = position_nll_sum_across_processes(self, input_ids)
         result = PositionPerplexity(nll=(total / input_ids.shape[0]).float(), num_sequences=input_ids.shape[0])
         buckets = result.perplexity(log_buckets(len(result.nll), self.args.eval_bucket_start))
         metrics = position_metrics(result, buckets, self.args.segment_length, metric_key_prefix)
@@ -252,13 +261,9 @@ class StatePassingTrainer(Trainer):
                         f"Cannot resume from {resume_from_checkpoint}: missing {missing} (not found, or interrupted "
                         f"while saving). The newest complete checkpoint there is {last}."
                     )
-            if resume_from_checkpoint and self._at_max_steps(resume_from_checkpoint):
+            if resume_from_checkpoint and at_max_steps(resume_from_checkpoint, self.args.max_steps):
                 return self._finish_from(resume_from_checkpoint)
             return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
-
-    def _at_max_steps(self, checkpoint: str) -> bool:
-        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_FILE))
-        return self.args.max_steps > 0 and state.global_step >= self.args.max_steps
 
     def _finish_from(self, checkpoint: str) -> TrainOutput:
         """The run ended at this checkpoint: take its weights, state and carried state, train nothing."""
@@ -270,6 +275,11 @@ class StatePassingTrainer(Trainer):
         train_loss = sum(losses) / len(losses) if losses else float("nan")
         metrics = {"train_loss": train_loss, "epoch": self.state.epoch, "resumed_at_max_steps": True}
         return TrainOutput(self.state.global_step, train_loss, metrics)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # transformers saves nothing here under FSDP's sharded state dict: the final model is gathered and written.
+        if _internal_call or not save_gathered_model(self, output_dir):
+            super().save_model(output_dir, _internal_call)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         self._save_weights(output_dir, state_dict)
