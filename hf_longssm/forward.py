@@ -117,9 +117,9 @@ def forward_with_state(
     if state is None:
         state = CarriedState.zeros(base, batch_size, device=reference.device, dtype=dtype)
     else:
+        # Not moved here: each layer's mixer moves its own part to the device it runs on (`SegmentStates.run_layer`),
+        # which with a `device_map` differs from layer to layer.
         _check_state(state, base, batch_size, dtype, reference.device)
-        if state.device != reference.device:
-            state = state.to(device=reference.device)
 
     checkpointing = getattr(base, "is_activation_checkpointing", None)
     if checkpointing is None:  # older transformers

@@ -72,7 +72,10 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
             `local_files_only`, `force_download`, `subfolder` work for both formats (files are fetched with
             `huggingface_hub.hf_hub_download`, which honours `HF_HOME` and `HF_HUB_OFFLINE`). For mamba_ssm
             checkpoints, config attributes (`use_mambapy=True`, ...) set the built config and the rest
-            (`device_map`, ...) go to `from_pretrained` with the converted weights.
+            (`device_map`, ...) go to `from_pretrained` with the converted weights. `device_map` (and
+            `offload_folder` for layers mapped to `"disk"`) works for both formats: layers spread over devices or
+            offloaded to the CPU or disk carry their state as the plain model does (the state of each layer lives
+            on the device that layer runs on); such a model must not be moved with `.to()`.
 
     Returns:
         `PreTrainedModel`: a `MambaForCausalLM`, `Mamba2ForCausalLM`, `FalconMambaForCausalLM`... in eval mode, as

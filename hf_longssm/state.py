@@ -20,14 +20,14 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PretrainedConfig
 
-from .modeling import get_architecture, state_shapes, unwrap_model
+from .modeling import get_architecture, input_device, state_shapes, unwrap_model
 
 
 def _model_info(model) -> tuple[PretrainedConfig, torch.device, torch.dtype]:
     base = unwrap_model(model)
     get_architecture(base)  # clear error for unsupported models
-    param = next(base.parameters())
-    return base.config, param.device, param.dtype
+    # Not the first parameter's device: with a `device_map` it may be "meta" (offloaded) or another layer's device.
+    return base.config, input_device(base), next(base.parameters()).dtype
 
 
 class CarriedState:
@@ -70,7 +70,8 @@ class CarriedState:
         Args:
             model: a supported model (bare, `*ForCausalLM`, or wrapped by PEFT / DDP).
             batch_size (`int`): number of streams.
-            device (*optional*): defaults to the model's device.
+            device (*optional*): defaults to the device the model takes its inputs on (with a `device_map`, each
+                layer moves its part to its own device on first use).
             dtype (`torch.dtype`, *optional*): dtype of the conv windows; defaults to the model's dtype.
             state_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the SSM states. The scans
                 compute in float32, so float32 loses nothing between segments.
@@ -128,6 +129,8 @@ class CarriedState:
 
     @property
     def device(self) -> torch.device:
+        """The first layer's device. With a `device_map` spreading layers over devices each layer's state lives on
+        that layer's device, so the layers may differ."""
         return self.recurrent_states[0].device
 
     def _map(self, fn) -> CarriedState:
@@ -151,19 +154,20 @@ class CarriedState:
         if mask.shape != (self.batch_size,):
             raise ValueError(f"reset mask must have shape ({self.batch_size},), got {tuple(mask.shape)}.")
 
-        def zero_rows(t):
-            return t.masked_fill(mask.view(-1, *([1] * (t.dim() - 1))), 0)
+        def zero_rows(t):  # `.to`: layers may live on different devices (a `device_map`); a no-op otherwise
+            return t.masked_fill(mask.to(t.device).view(-1, *([1] * (t.dim() - 1))), 0)
 
         return self._map(zero_rows)
 
     def permute(self, index: torch.Tensor | Sequence[int]) -> CarriedState:
         """Reorder (or select) rows: row `i` of the result is row `index[i]` of this state."""
         index = torch.as_tensor(index, device=self.device, dtype=torch.long)
-        return self._map(lambda t: t.index_select(0, index))
+        return self._map(lambda t: t.index_select(0, index.to(t.device)))  # per-layer devices: see `reset`
 
     def norms(self) -> torch.Tensor:
         """Per-layer L2 norm of the SSM state, averaged over the batch rows: `FloatTensor[num_layers]`."""
-        return torch.stack([s.detach().float().flatten(1).norm(dim=1).mean() for s in self.recurrent_states])
+        norms = [s.detach().float().flatten(1).norm(dim=1).mean() for s in self.recurrent_states]
+        return torch.stack([n.to(self.device) for n in norms])  # per-layer devices (a `device_map`): see `reset`
 
     # ----- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -5,13 +5,15 @@ import torch
 
 
 # The core tests (`pytest -m core`): exactness of the three families, to_cache + generate, bf16 training, resume, LoRA,
-# position-wise perplexity, passkey, the lm-eval adapter, file safety and the transformers version checks. CI runs
-# them on the declared minimum transformers (.ci/run minimum); every other job runs them with the rest.
+# position-wise perplexity, passkey, the lm-eval adapter, models dispatched with a device_map (offloaded layers), file
+# safety and the transformers version checks. CI runs them on the declared minimum transformers (.ci/run minimum);
+# every other job runs them with the rest.
 CORE_TEST_FILES = (
     "tests/test_forward.py",
     "tests/test_state.py",
     "tests/test_security.py",
     "tests/test_transformers_versions.py",
+    "tests/modeling/test_offload.py",
     "tests/training/test_precision.py",
     "tests/training/test_trainer.py",
     "tests/training/test_lora.py",

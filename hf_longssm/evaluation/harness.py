@@ -46,7 +46,7 @@ from transformers import PreTrainedModel
 
 from ..forward import eval_mode, iter_segments, prefill
 from ..loading import DTYPES, load_model, resolve_tokenizer
-from ..modeling import cache_argument, unwrap_model
+from ..modeling import cache_argument, input_device, unwrap_model
 from ..state import CarriedState
 from .harness_tasks import (  # noqa: F401 (re-exported: `harness` is the entry point users import)
     LONGSSM_TASKS,
@@ -84,7 +84,8 @@ class LongSSMLM(TemplateLM):
 
     Args:
         pretrained (`str` or `PreTrainedModel`): a Hub id or folder in transformers or mamba_ssm format (read by
-            `hf_longssm.loading.load_model`), or a loaded model (used as is, on its own device).
+            `hf_longssm.loading.load_model`), or a loaded model (used as is, on its own device or devices: inputs go
+            to the device its input embeddings run on, so a model loaded with a `device_map` works).
         tokenizer (`str` or tokenizer, *optional*): `"byte"`, `"hf_longssm/gpt-neox-20b"`, a Hub id or folder, or a
             tokenizer object; defaults to the one saved with `pretrained`.
         segment_length (`int`, *optional*, defaults to 4096): tokens per forward. Memory grows with it, not with the
@@ -92,7 +93,8 @@ class LongSSMLM(TemplateLM):
         dtype (`str` or `torch.dtype`, *optional*, defaults to `"float32"`): `"float32"`, `"bfloat16"`,
             `"float16"` or `"auto"` (the checkpoint's). float32 because these models are small enough to afford it
             and their carried states then lose nothing between segments.
-        device (`str`, *optional*, defaults to `"cpu"`): where a model loaded from `pretrained` runs.
+        device (`str`, *optional*, defaults to `"cpu"`): where a model loaded from `pretrained` runs (ignored with
+            `device_map`).
         batch_size (`int`, *optional*, defaults to 1): rows per forward. Only rows of equal token length share a
             batch (a carried segment is never padded): equal-length documents, equal-length continuations of one
             context, equal-length prompts with the same generation settings.
@@ -101,6 +103,9 @@ class LongSSMLM(TemplateLM):
         prefix_token_id (`int`, *optional*): the token that precedes a document in `loglikelihood_rolling` and an
             empty context; defaults to BOS, else EOS (HFLM's rule; Mamba's GPT-NeoX tokenizer has BOS = EOS).
         max_batch_size (`int`, *optional*): accepted for lm-eval's command line, unused (no automatic batch size).
+        device_map (`str` or `dict`, *optional*): load `pretrained` with this `device_map` (layers spread over
+            devices, CPU or disk offload; as `from_pretrained`) instead of moving it to `device`.
+        offload_folder (`str`, *optional*): where layers mapped to `"disk"` are offloaded (with `device_map`).
     """
 
     def __init__(
@@ -115,6 +120,8 @@ class LongSSMLM(TemplateLM):
         add_bos_token: bool | None = None,
         prefix_token_id: int | None = None,
         max_batch_size: int | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        offload_folder: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         # 1. options
@@ -136,13 +143,18 @@ class LongSSMLM(TemplateLM):
         # 2. model, through the project's loader (Hub id or folder, transformers or mamba_ssm format)
         if isinstance(pretrained, (str, os.PathLike)):
             torch_dtype = dtype if isinstance(dtype, torch.dtype) or dtype == "auto" else getattr(torch, dtype)
-            self._model = load_model(str(pretrained), dtype=torch_dtype).to(device)
+            if device_map is None:
+                self._model = load_model(str(pretrained), dtype=torch_dtype).to(device)
+            else:  # accelerate places (and may offload) the layers; a dispatched model must not be moved
+                offload = {} if offload_folder is None else {"offload_folder": str(offload_folder)}
+                self._model = load_model(str(pretrained), dtype=torch_dtype, device_map=device_map, **offload)
             self.pretrained = str(pretrained)
         else:
             self._model = pretrained
             self.pretrained = getattr(unwrap_model(pretrained), "name_or_path", "") or type(pretrained).__name__
         self._model.eval()
-        self._device = next(self._model.parameters()).device
+        # Not the first parameter's device: with a `device_map` it may be "meta" (offloaded) or another layer's.
+        self._device = input_device(self._model)
 
         # 3. tokenizer: the one saved with the model unless given
         model_id = self.pretrained if isinstance(pretrained, (str, os.PathLike)) else None

@@ -8,7 +8,7 @@ import re
 import torch
 
 from ..forward import eval_mode, prefill
-from ..modeling import cache_argument, unwrap_model
+from ..modeling import cache_argument, input_device, unwrap_model
 
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -85,7 +85,7 @@ def passkey_retrieval(
     """
     if list(lengths) != sorted(set(lengths)):
         raise ValueError(f"lengths must be strictly increasing, got {lengths}.")
-    device = next(model.parameters()).device
+    device = input_device(model)
     rng = random.Random(seed)
     results = []
     with eval_mode(model):

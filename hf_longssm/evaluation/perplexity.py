@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..forward import check_token_ids, eval_mode, forward_with_state, iter_segments
-from ..modeling import unwrap_model
+from ..modeling import input_device, unwrap_model
 
 
 def log_buckets(length: int, start: int = 1) -> list[tuple[int, int]]:
@@ -64,7 +64,7 @@ def position_nll_sum(
     if segment_length < 1:
         raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
     check_token_ids(input_ids, unwrap_model(model).get_input_embeddings().num_embeddings)
-    device = next(model.parameters()).device
+    device = input_device(model)
     rows, length = input_ids.shape
     batch_size = max(1, rows if batch_size is None else batch_size)  # a process may have no rows to score
     # Summed where the logits are and copied to the host once: a copy per segment would wait for the device each time.
@@ -140,7 +140,7 @@ def restarted_position_nll(
     """
     if window < 2 or window % 2:
         raise ValueError(f"window must be an even number >= 2, got {window}.")
-    device = next(model.parameters()).device
+    device = input_device(model)
     rows, length = input_ids.shape
     half = window // 2
     starts = list(range(0, max(length - 1 - half, 1), half))

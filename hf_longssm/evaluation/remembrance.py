@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..forward import eval_mode, iter_segments, prefill
+from ..modeling import input_device
 
 
 def _next_token_probs(model, ids: torch.LongTensor, segment_length: int) -> torch.Tensor:
@@ -28,7 +29,7 @@ def effective_remembrance(
         raise ValueError(f"input_ids has {input_ids.shape[1]} tokens, fewer than T={T}.")
     if any(not 0 <= t < T for t in ts):
         raise ValueError(f"Every t must satisfy 0 <= t < T={T}; got {ts}.")
-    ids = input_ids[:, :T].to(next(model.parameters()).device)
+    ids = input_ids[:, :T].to(input_device(model))
     with eval_mode(model):
         full = _next_token_probs(model, ids, segment_length)
         return {
@@ -44,7 +45,7 @@ def state_norms_by_position(model, input_ids: torch.LongTensor, segment_length: 
     Returns:
         `{"positions": [p, ...], "norms": [[layer norms at p], ...]}` (norms averaged over rows).
     """
-    ids = input_ids.to(next(model.parameters()).device)
+    ids = input_ids.to(input_device(model))
     positions, norms = [], []
     with eval_mode(model):
         for _, end, _, state in iter_segments(model, ids, segment_length):

@@ -10,7 +10,6 @@ from .base import Architecture, SegmentStates, StatefulMixerMixin
 from .kernels import kernel_availability, reference_scans
 from .ops import selective_scan
 from .registry import (
-    STATEFUL_MIXER_CLASSES,
     SUPPORTED_ARCHITECTURES,
     cache_argument,
     cache_kept_under_checkpointing,
@@ -23,7 +22,6 @@ from .registry import (
 
 
 __all__ = [
-    "STATEFUL_MIXER_CLASSES",
     "SUPPORTED_ARCHITECTURES",
     "Architecture",
     "SegmentStates",

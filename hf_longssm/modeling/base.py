@@ -54,11 +54,19 @@ class SegmentStates:
 
     def run_layer(self, mixer, hidden_states: torch.Tensor) -> torch.Tensor:
         idx = mixer.layer_idx
-        initial_recurrent = self.recurrent_states[idx]
-        out, conv, ssm = mixer.segment_forward(hidden_states, self.conv_states[idx], initial_recurrent)
+        initial_conv, initial_recurrent = self.conv_states[idx], self.recurrent_states[idx]
+        # Each layer's state lives where the layer runs: with a `device_map` spreading layers over devices,
+        # accelerate's hook has moved `hidden_states` to this layer's execution device, and a state built elsewhere
+        # (zeros on the input device, a state loaded on the CPU) moves there once; the final state stays there for
+        # the next segment. `.to` is differentiable: gradients still reach a state that requires them.
+        if initial_conv.device != hidden_states.device:
+            initial_conv = initial_conv.to(hidden_states.device)
+        if initial_recurrent.device != hidden_states.device:
+            initial_recurrent = initial_recurrent.to(hidden_states.device)
+        out, conv, ssm = mixer.segment_forward(hidden_states, initial_conv, initial_recurrent)
         # The final state keeps the initial state's dtypes: under autocast the conv window comes out in the autocast
         # dtype, and a state must stay valid for the next segment whatever precision this one ran in.
-        self.final_conv[idx] = conv.to(self.conv_states[idx].dtype)
+        self.final_conv[idx] = conv.to(initial_conv.dtype)
         self.final_recurrent[idx] = ssm.to(initial_recurrent.dtype)
         return out
 
@@ -79,8 +87,11 @@ class StatefulMixerMixin:
     arguments untouched, so it never triggers the rename's deprecation warning and follows whatever the installed
     version's mixer does.
 
-    Subclasses set `segment_forward` and wrap `forward` with transformers' `force_accelerate_hooks` for the child
-    modules whose weights the mixer reads directly.
+    Subclasses set `segment_forward`, wrapped with transformers' `force_accelerate_hooks` for the child modules whose
+    weights it reads directly (`conv1d.weight`, Mamba-1's `dt_proj.weight`): with a `device_map`, accelerate on-loads
+    a module's offloaded weights only around its own `forward`, which the segment forward never calls. The mixer's
+    own parameters (`A_log`, `D`, ...) are on-loaded by the mixer's hook (see `registry._rebind_accelerate_hook`), and
+    transformers' forward, used for every other call, carries the same decorator itself.
     """
 
     def forward(self, hidden_states, *args, **kwargs):

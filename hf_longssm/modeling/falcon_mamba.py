@@ -13,8 +13,7 @@ from .mamba import mamba_mixer_forward_with_state, mamba_state_shapes
 
 
 class StatefulFalconMambaMixer(StatefulMixerMixin, FalconMambaMixer):
-    forward = force_accelerate_hooks(["conv1d", "dt_proj"])(StatefulMixerMixin.forward)
-    segment_forward = mamba_mixer_forward_with_state
+    segment_forward = force_accelerate_hooks(["conv1d", "dt_proj"])(mamba_mixer_forward_with_state)
 
     def normalize_ssm_inputs(self, time_step, B, C):
         return self.dt_layernorm(time_step), self.b_layernorm(B), self.c_layernorm(C)

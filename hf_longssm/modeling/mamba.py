@@ -65,8 +65,7 @@ def mamba_mixer_forward_with_state(
 
 
 class StatefulMambaMixer(StatefulMixerMixin, MambaMixer):
-    forward = force_accelerate_hooks(["conv1d", "dt_proj"])(StatefulMixerMixin.forward)
-    segment_forward = mamba_mixer_forward_with_state
+    segment_forward = force_accelerate_hooks(["conv1d", "dt_proj"])(mamba_mixer_forward_with_state)
 
     def normalize_ssm_inputs(self, time_step, B, C):
         return time_step, B, C  # Mamba-1 uses them as projected

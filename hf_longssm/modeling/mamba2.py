@@ -76,8 +76,7 @@ def mamba2_mixer_forward_with_state(
 
 
 class StatefulMamba2Mixer(StatefulMixerMixin, Mamba2Mixer):
-    forward = force_accelerate_hooks("conv1d")(StatefulMixerMixin.forward)
-    segment_forward = mamba2_mixer_forward_with_state
+    segment_forward = force_accelerate_hooks("conv1d")(mamba2_mixer_forward_with_state)
 
 
 ARCHITECTURE = Architecture(

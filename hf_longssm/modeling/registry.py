@@ -24,8 +24,6 @@ SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
 _STATEFUL_MIXERS: dict[type, type] = {
     mixer: stateful for architecture in FAMILIES for mixer, stateful in architecture.stateful_mixers.items()
 }
-# The stateful subclasses, e.g. for wrappers that must treat a mixer as one unit (DeepSpeed ZeRO-3 leaf modules).
-STATEFUL_MIXER_CLASSES: tuple[type, ...] = tuple(_STATEFUL_MIXERS.values())
 
 
 def unwrap_model(model: torch.nn.Module) -> PreTrainedModel:
@@ -71,7 +69,8 @@ def prepare_model(model: torch.nn.Module) -> PreTrainedModel:
     """Swap every mixer's class for its stateful subclass (once; idempotent) and return the unwrapped model.
 
     The subclasses behave exactly like transformers' mixers unless their cache argument is hf_longssm's
-    `SegmentStates`, so `generate()`, saving and loading are unchanged.
+    `SegmentStates`, so `generate()`, saving and loading are unchanged. A mixer behind an accelerate hook (a model
+    loaded with `device_map=`) gets the stateful forward behind its hook too.
     """
     base = unwrap_model(model)
     get_architecture(base)

@@ -10,9 +10,10 @@ mixers' weights reach them:
   (`trainer.is_fsdp_enabled` False, the model a `DistributedDataParallel`). torch's FSDP2 itself runs on gloo, so
   `enable_fsdp_on_cpu` gives the CPU processes the FSDP type accelerate's own code path then prepares, saves and
   loads, exactly as on GPUs. This is what makes the FSDP2 tests run on a CPU machine.
-* DeepSpeed ZeRO-3 gathers a module's own parameters before its forward; the mixers read their `conv1d`'s weight
-  without calling it, so `deepspeed_leaf_mixers` marks the mixers as ZeRO-3 leaf modules (all their parameters
-  gathered at once). accelerate runs DeepSpeed only on accelerator processes (see docs/scale_out.md).
+* DeepSpeed ZeRO-3 gathers a module's own parameters before its forward, and a parameter of another module read
+  inside it (the mixers read their `conv1d`'s weight without calling it) when it is first accessed (DeepSpeed's
+  external parameters): nothing to declare. ZeRO-2 leaves the weights whole. DeepSpeed runs on CPU processes too
+  (its CPU accelerator, gloo), from a launcher config or the `deepspeed` training argument.
 * FSDP1 is deprecated by transformers (5.25) and not supported: refused, with the FSDP2 setting to use.
 """
 
@@ -27,7 +28,6 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from transformers.utils import logging
 
 from ..evaluation.perplexity import position_nll_sum
-from ..modeling import STATEFUL_MIXER_CLASSES
 
 
 logger = logging.get_logger(__name__)
@@ -79,16 +79,6 @@ def enable_fsdp_on_cpu(trainer) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # what accelerate's own code does
     trainer.is_fsdp_enabled = True
     logger.info("FSDP2 on CPU processes (gloo): the model is sharded with torch's fully_shard.")
-
-
-def deepspeed_leaf_mixers(trainer) -> None:
-    """Under ZeRO-3, gather each stateful mixer's parameters (its `conv1d`'s included) before the mixer runs."""
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    if plugin is None or plugin.zero_stage != 3:
-        return
-    from deepspeed.utils import set_z3_leaf_modules  # deepspeed is installed whenever its plugin is active
-
-    set_z3_leaf_modules(trainer.model, list(STATEFUL_MIXER_CLASSES))
 
 
 def is_sharded(trainer) -> bool:

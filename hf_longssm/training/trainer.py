@@ -41,7 +41,6 @@ from .collator import DataCollatorForStatePassing
 from .config import StatePassingConfig, refuse_unused_trainer_arguments
 from .data import SegmentDataset, build_segment_dataset, check_loader_settings
 from .distributed import (
-    deepspeed_leaf_mixers,
     enable_fsdp_on_cpu,
     position_nll_sum_across_processes,
     save_gathered_model,
@@ -150,7 +149,6 @@ class StatePassingTrainer(Trainer):
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
         enable_fsdp_on_cpu(self)  # accelerate would run a CPU request for FSDP as DDP (see training.distributed)
-        deepspeed_leaf_mixers(self)
 
     # ----- data order ------------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):

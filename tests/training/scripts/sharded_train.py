@@ -47,6 +47,15 @@ class RecordingTrainer(hl.StatePassingTrainer):
         return loss
 
 
+def local_numel(param: torch.Tensor) -> int:
+    """Elements of `param` this process holds: its FSDP2 shard (DTensor), its ZeRO-3 partition, or all of it."""
+    if hasattr(param, "to_local"):
+        return param.to_local().numel()
+    if hasattr(param, "ds_tensor"):
+        return param.ds_tensor.numel()
+    return param.numel()
+
+
 def main(output_dir: str, options: dict):
     docs = [[1 + (d * 7 + i) % 60 for i in range(150 + 13 * d)] for d in range(12)]
     args = hl.StatePassingConfig(
@@ -61,7 +70,7 @@ def main(output_dir: str, options: dict):
         save_steps=2,
         logging_steps=1,
         report_to=[],
-        use_cpu=True,
+        use_cpu=options.get("config", {}).pop("use_cpu", True),
         seed=0,
         disable_tqdm=True,
         dataloader_drop_last=True,
@@ -99,8 +108,8 @@ def main(output_dir: str, options: dict):
         "fsdp_blocks": sum(isinstance(m, FSDPModule) for m in model.modules()),
         "dtensor_params": sum(type(p).__name__ == "DTensor" for p in params),
         "num_params": len(params),
-        "local_numel": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params),
-        "full_numel": sum(p.numel() for p in params),
+        "local_numel": sum(local_numel(p) for p in params),
+        "full_numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),
         "param_dtype": str(getattr(mixed, "param_dtype", None)),
         "state_kinds": trainer.state_kinds,
         "state_shapes": trainer.state_shapes,
