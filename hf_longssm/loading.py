@@ -31,12 +31,14 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 from safetensors.torch import load_file
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     Mamba2Config,
     Mamba2ForCausalLM,
     MambaConfig,
     MambaForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
 )
 
@@ -151,6 +153,22 @@ def _dtype(dtype: Any) -> Any:
     if isinstance(dtype, str) and dtype in DTYPES:
         return getattr(torch, dtype)
     raise ValueError(f"dtype={dtype!r}: give a torch.dtype or one of {list(DTYPES)}.")
+
+
+def load_config(name_or_path: str | os.PathLike, **download: Any) -> PretrainedConfig:
+    """The transformers config of a model (Hub id or folder, either format) or of a `config.json` file, without its
+    weights: a mamba_ssm config is converted as `load_model` converts it."""
+    path = Path(name_or_path)
+    config_file = path if path.is_file() else model_config_file(name_or_path, download)
+    if config_file.name == "adapter_config.json":
+        raise ValueError(f"{name_or_path} is a LoRA adapter: give its base model ({config_file} names it).")
+    config = json.loads(config_file.read_text())
+    if is_mamba_ssm_config(config):
+        return to_transformers_config(config)
+    if "model_type" not in config:
+        raise ValueError(f"{config_file} has no model_type: it is neither a transformers nor a mamba_ssm config.")
+    get_architecture(config["model_type"])
+    return AutoConfig.for_model(**config)
 
 
 def model_config_file(name_or_path, download: dict | None = None) -> Path:

@@ -41,6 +41,9 @@ MAMBA2_ID = "state-spaces/mamba2-130m"
 MAMBA1_ID = "state-spaces/mamba-130m"
 MAMBA1_HF_ID = "state-spaces/mamba-130m-hf"
 FALCON_ID = "tiiuae/falcon-mamba-tiny-dev"
+# The scale-out recipes' models (recipes/*/sp/config_fsdp2.yaml): the same tiny stand-ins under their ids.
+MAMBA2_2_7B_ID = "state-spaces/mamba2-2.7b"
+FALCON_7B_ID = "tiiuae/falcon-mamba-7b"
 NEOX_ID = "EleutherAI/gpt-neox-20b"
 # Tokens the fixture's tokenizer has (the byte tokenizer stands in for GPT-NeoX-20B's 50,277).
 VOCAB = 257
@@ -162,7 +165,7 @@ def tiny_mamba1_with_mamba_ssm_defaults(seed: int = 2) -> MambaForCausalLM:
 
 
 def build_hub_cache(root: Path) -> HubCache:
-    """Fill `root/hub` with the five repositories the recipes and tests name."""
+    """Fill `root/hub` with the repositories the recipes and tests name."""
     cache = HubCache(root)
     tokenizer_files = saved_folder_files(byte_tokenizer(), root / "tmp" / "tokenizer")
 
@@ -184,6 +187,8 @@ def build_hub_cache(root: Path) -> HubCache:
     }
     files = {".gitattributes": GITATTRIBUTES, "README.md": b"---\nlicense: apache-2.0\n---\n"}
     write_repo(cache.hub, MAMBA2_ID, files | mamba_ssm_files(mamba2, mamba2_config))
+    cache.sources[MAMBA2_2_7B_ID] = mamba2
+    write_repo(cache.hub, MAMBA2_2_7B_ID, files | mamba_ssm_files(mamba2, mamba2_config))
 
     # The papers' Mamba-1: an older mamba_ssm config.json (no d_intermediate, no tie_embeddings: defaults apply).
     mamba1 = cache.sources[MAMBA1_ID] = tiny_mamba1_with_mamba_ssm_defaults()
@@ -220,6 +225,8 @@ def build_hub_cache(root: Path) -> HubCache:
     falcon = cache.sources[FALCON_ID] = randomized(FalconMambaForCausalLM(falcon_config), seed=4)
     files = saved_folder_files(falcon, root / "tmp" / "falcon")
     write_repo(cache.hub, FALCON_ID, {".gitattributes": GITATTRIBUTES} | files | tokenizer_files)
+    cache.sources[FALCON_7B_ID] = falcon
+    write_repo(cache.hub, FALCON_7B_ID, {".gitattributes": GITATTRIBUTES} | files | tokenizer_files)
 
     # The tokenizer the Mamba-2 recipes name: its tokenizer files and config.json (AutoTokenizer reads it too), no
     # weights.

@@ -11,7 +11,7 @@ import sys
 from types import ModuleType
 
 from ..training.output_lock import OutputDirInUseError
-from . import convert, demo, eval, lm_eval, push, train
+from . import convert, demo, eval, lm_eval, plan, push, train
 
 
 COMMANDS: dict[str, ModuleType] = {
@@ -21,6 +21,7 @@ COMMANDS: dict[str, ModuleType] = {
     "convert": convert,
     "lm-eval": lm_eval,
     "push": push,
+    "plan": plan,
 }
 # Other names accepted for a command (`hf-longssm evaluate` is older than `hf-longssm eval`).
 ALIASES: dict[str, str] = {"evaluate": "eval"}

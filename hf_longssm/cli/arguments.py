@@ -147,6 +147,8 @@ class RecipeParser(HfArgumentParser):
         list in an integer field is an error, not a silent wrong type."""
         if value is None:
             return None
+        if isinstance(value, bool) and action.const is True:
+            return value or None  # a flag that also takes a string (`fsdp`): `fsdp: true` is the bare `--fsdp`
         if isinstance(value, dict):
             return json.dumps(value)  # JSON-valued fields (model_config)
         convert = action.type or (lambda v: v)

@@ -46,6 +46,12 @@ UNSUPPORTED_OPTIONS = {
     "include_for_metrics": ([], _EVAL_ONLY),
     "batch_eval_metrics": (False, _EVAL_ONLY),
     "eval_use_gather_object": (False, _EVAL_ONLY),
+    "parallelism_config": (
+        None,
+        "context parallelism would split a segment over processes, each part starting from another process's chunk, "
+        "and tensor parallelism of the stateful mixers is not implemented. Shard with `fsdp` / `deepspeed` "
+        "(docs/scale_out.md).",
+    ),
 }
 _STATE_DTYPES = ("float32", "bfloat16", "float16")
 

@@ -275,8 +275,9 @@ class StatePassingTrainer(Trainer):
         return TrainOutput(self.state.global_step, train_loss, metrics)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        # transformers saves nothing here under FSDP's sharded state dict: the final model is gathered and written.
-        if _internal_call or not save_gathered_model(self, output_dir):
+        # transformers saves nothing here under FSDP's sharded state dict: the model is gathered and written whole,
+        # except inside a checkpoint (which holds the shards).
+        if getattr(self, "_checkpoint_saving", False) or not save_gathered_model(self, output_dir):
             super().save_model(output_dir, _internal_call)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -313,10 +314,11 @@ class StatePassingTrainer(Trainer):
         # transformers would rotate inside its save, possibly deleting the last complete checkpoint before this one
         # is complete: rotate here instead, once the marker is written.
         limit, self.args.save_total_limit = self.args.save_total_limit, None
+        self._checkpoint_saving = True
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            self.args.save_total_limit = limit
+            self.args.save_total_limit, self._checkpoint_saving = limit, False
         self.accelerator.wait_for_everyone()  # every process's state file is written
         if self.args.should_save:
             mark_complete(checkpoint, run_settings(self.args), self.state.global_step)

@@ -47,3 +47,15 @@ def test_model_from_args_loads_hub_checkpoints_in_either_format_in_the_dtype(hub
 def test_auto_builds_a_model_from_config_in_float32():
     spec = json.dumps(tiny_config("mamba2").to_dict())
     assert train.model_from_args(ModelArguments(model_config=spec, dtype="auto")).dtype == torch.float32
+
+
+def test_the_fsdp2_recipe_parses_into_fsdp2_settings():
+    # `fsdp: true` in YAML is the bare `--fsdp` flag (not the legacy string "True"); `fsdp_config` a mapping.
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "falcon-mamba-7b" / "sp" / "config_fsdp2.yaml"
+    _, training_args, _ = train.make_parser().parse_args_and_config(["--config", str(recipe), "--use_cpu", "true"])
+    plugin = training_args.fsdp_plugin_args
+    assert training_args.fsdp is True and plugin["fsdp_version"] == 2
+    assert plugin["transformer_cls_names_to_wrap"] == "FalconMambaBlock"
+    assert plugin["state_dict_type"] == "SHARDED_STATE_DICT" and plugin["activation_checkpointing"] is True

@@ -9,7 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_longssm.training.memory_plan import plan_memory
 from tests.training.launchers import accelerate_launch, losses, records, torchrun_two_nodes
+from tests.utils import tiny_config
 
 
 def assert_sharded(ranks: list[dict], num_heads: int | None) -> None:
@@ -43,6 +45,14 @@ def test_fsdp2_recipe_config_mamba2_tbtt_matches_ddp_and_resumes_from_a_sharded_
         # Evaluation while training: 5 documents over 2 processes (uneven shares), the same reduced perplexities
         for ours, theirs in zip(fsdp_ranks[rank]["eval"], ddp_ranks[rank]["eval"]):
             assert ours["eval_loss"] == pytest.approx(theirs["eval_loss"], rel=1e-5)
+    # The memory plan (`hf-longssm plan`) against what each process really holds: its shard of the weights and of
+    # AdamW's moments (FSDP2 pads uneven shards: within a few percent).
+    plan = plan_memory(tiny_config("mamba2"), segment_length=16, per_device_batch=2, num_processes=2,
+                       compute_dtype="float32").bytes  # fmt: skip
+    for rec in fsdp_ranks + ddp_ranks:
+        mode = "fsdp2" if rec in fsdp_ranks else "ddp"
+        assert rec["local_param_bytes"] == pytest.approx(plan[mode]["weights"], rel=0.05), mode
+        assert rec["local_optimizer_bytes"] == pytest.approx(plan[mode]["optimizer"], rel=0.05), mode
     # The final model is gathered from the shards and saved whole, equal to DDP's.
     gathered = load_file(fsdp / "final" / "model.safetensors")
     reference = load_file(ddp / "final" / "model.safetensors")
@@ -119,3 +129,31 @@ def test_fsdp_in_one_process_is_refused_not_run_unsharded(tmp_path, monkeypatch)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         PartialState._reset_state()
+
+
+@pytest.mark.multiprocess
+def test_the_recipe_readme_fsdp2_command_trains_saves_and_cards_a_mamba2(tmp_path):
+    # recipes/README.md, "Scale-out": the tiny offline recipe under FSDP2 on 2 CPU processes, as written there
+    # (shortened to 4 steps).
+    import subprocess
+    import sys
+
+    from hf_longssm.loading import load_model
+    from tests.training.launchers import CONFIGS, ENV, ROOT, free_port
+
+    out = tmp_path / "fsdp2-cpu"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp2.yaml"),
+           "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+           "recipes/post_train_sp.py", "--config", "recipes/mamba2-tiny-bytes/zero/config_pretrain.yaml",
+           "--max_steps", "4", "--save_steps", "2", "--per_device_train_batch_size", "4",
+           "--output_dir", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (out / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()  # trained sharded
+    model = load_model(str(out))  # the final model, gathered whole
+    assert (
+        model.config.model_type == "mamba2"
+        and (out / "README.md").is_file()
+        and (out / "train_results.json").is_file()
+    )
+    assert '"world_size": 2' in (out / "checkpoint-4" / "hf_longssm_checkpoint.json").read_text()

@@ -56,6 +56,12 @@ def local_numel(param: torch.Tensor) -> int:
     return param.numel()
 
 
+def optimizer_bytes(optimizer) -> int:
+    """Bytes of AdamW's moments this process holds (the step counters, scalars, left out)."""
+    moments = [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0]
+    return sum(local_numel(t) * t.element_size() for t in moments)
+
+
 def main(output_dir: str, options: dict):
     docs = [[1 + (d * 7 + i) % 60 for i in range(150 + 13 * d)] for d in range(12)]
     args = hl.StatePassingConfig(
@@ -110,6 +116,8 @@ def main(output_dir: str, options: dict):
         "num_params": len(params),
         "local_numel": sum(local_numel(p) for p in params),
         "full_numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),
+        "local_param_bytes": sum(local_numel(p) * p.element_size() for p in params),
+        "local_optimizer_bytes": optimizer_bytes(trainer.optimizer),
         "param_dtype": str(getattr(mixed, "param_dtype", None)),
         "state_kinds": trainer.state_kinds,
         "state_shapes": trainer.state_shapes,
