@@ -2,8 +2,8 @@
 StatePassingTrainer and record, per rank, what each step saw and how the model was distributed.
 
 Usage: sharded_train.py OUTPUT_DIR OPTIONS_JSON, OPTIONS_JSON holding `model_type`, `state_init`, `max_steps`,
-`resume` (a checkpoint path or null), `evaluate` and `save` (booleans) and `config` (extra StatePassingConfig
-fields: `fsdp`, `fsdp_config`, `bf16`...).
+`resume` (a checkpoint path or null), `evaluate` and `save` (booleans), `config` (StatePassingConfig fields over the
+defaults: `fsdp`, `fsdp_config`, `bf16`...) and `model` (model config fields over tests.utils.tiny_config's).
 """
 
 import json
@@ -64,7 +64,7 @@ def optimizer_bytes(optimizer) -> int:
 
 def main(output_dir: str, options: dict):
     docs = [[1 + (d * 7 + i) % 60 for i in range(150 + 13 * d)] for d in range(12)]
-    args = hl.StatePassingConfig(
+    settings = dict(
         output_dir=output_dir,
         state_init=options["state_init"],
         segment_length=16,
@@ -76,7 +76,7 @@ def main(output_dir: str, options: dict):
         save_steps=2,
         logging_steps=1,
         report_to=[],
-        use_cpu=options.get("config", {}).pop("use_cpu", True),
+        use_cpu=True,
         seed=0,
         disable_tqdm=True,
         dataloader_drop_last=True,
@@ -84,10 +84,10 @@ def main(output_dir: str, options: dict):
         eval_steps=2,
         eval_max_length=40,
         per_device_eval_batch_size=2,
-        **options.get("config", {}),
     )
+    args = hl.StatePassingConfig(**{**settings, **options.get("config", {})})  # `config` overrides the defaults
     trainer = RecordingTrainer(
-        model=tiny_model(options["model_type"], num_hidden_layers=options.get("num_hidden_layers", 2)),
+        model=tiny_model(options["model_type"], **options.get("model", {})),  # `model`: config overrides
         args=args,
         train_dataset=Dataset.from_dict({"input_ids": docs}),
         eval_dataset=Dataset.from_dict({"input_ids": docs[:5]}) if options.get("evaluate") else None,
