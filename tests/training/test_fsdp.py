@@ -133,7 +133,7 @@ def test_fsdp_in_one_process_is_refused_not_run_unsharded(tmp_path, monkeypatch)
 
 @pytest.mark.multiprocess
 def test_the_recipe_readme_fsdp2_command_trains_saves_and_cards_a_mamba2(tmp_path):
-    # recipes/README.md, "Scale-out": the tiny offline recipe under FSDP2 on 2 CPU processes, as written there
+    # docs/scale_out.md, "Several machines": the tiny offline recipe under FSDP2 on 2 CPU processes, as written there
     # (shortened to 4 steps).
     import subprocess
     import sys
