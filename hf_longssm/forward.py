@@ -9,7 +9,16 @@ from typing import Any
 
 import torch
 
-from .modeling import SegmentStates, cache_argument, cache_kept_under_checkpointing, prepare_model, state_shapes
+from .modeling import (
+    SegmentStates,
+    attention_layers,
+    cache_argument,
+    cache_kept_under_checkpointing,
+    prepare_model,
+    ssm_layers,
+    state_shapes,
+)
+from .modeling.hybrid import segment_attention_masks
 from .state import CarriedState
 
 
@@ -29,10 +38,11 @@ def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype
             "model families. Build a state from this model (CarriedState.zeros(model, batch_size))."
         )
     expected = state_shapes(model.config)
-    if state.num_layers != len(expected):
-        raise ValueError(
-            f"The state has {state.num_layers} layers but the model has {len(expected)}: it is another model's state."
-        )
+    attention = len(attention_layers(model.config))
+    if state.num_layers != len(expected) or len(state.keys) != attention:
+        ours = f"{state.num_layers} layers" + (f" (+{len(state.keys)} attention)" if state.keys else "")
+        theirs = f"{len(expected)}" + (f" (+{attention} attention)" if attention else "")
+        raise ValueError(f"The state has {ours} but the model has {theirs}: it is another model's state.")
     if state.batch_size != batch_size:
         raise ValueError(
             f"The state has batch size {state.batch_size} but input_ids has {batch_size} rows. Build a state for "
@@ -138,13 +148,33 @@ def forward_with_state(
     if labels is not None:
         kwargs["labels"] = labels
 
-    segment = SegmentStates(state.conv_states, state.recurrent_states)
+    length = reference.shape[1]
+    kept = state.kept_keys(length)
+    segment = SegmentStates(
+        state.conv_states,
+        state.recurrent_states,
+        ssm_layers(base.config),
+        state.keys,
+        state.values,
+        attention_layers(base.config),
+        kept,
+    )
     kwargs[cache_argument(base)] = segment
+    if state.keys:  # a hybrid: its attention sees [carried keys, segment], at the positions that follow
+        valid = state.key_valid.to(reference.device)
+        kwargs["attention_mask"] = segment_attention_masks(base.config, valid, length, dtype)
+        kwargs["position_ids"] = torch.arange(state.position, state.position + length, device=reference.device)[None]
     # Only a checkpointed layer in training drops its cache argument: nothing to do per segment otherwise.
     keep_cache = cache_kept_under_checkpointing(base) if checkpointing and base.training else contextlib.nullcontext()
     with keep_cache:
         output = model(input_ids=input_ids, use_cache=False, **kwargs)
-    return output, CarriedState(*segment.final_states(), config=state.config)
+    conv, ssm = segment.final_states()
+    final = state._with(conv_states=conv, recurrent_states=ssm, position=state.position + length)
+    if state.keys:
+        final.keys, final.values = segment.final_attention()
+        valid = torch.cat([valid, torch.ones(batch_size, length, dtype=torch.bool, device=valid.device)], dim=1)
+        final.key_valid = valid[:, valid.shape[1] - final.num_keys :]
+    return output, final
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:

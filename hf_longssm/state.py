@@ -8,6 +8,13 @@ Per layer the state is the conv window and the SSM state, in transformers' own l
 * Mamba-2: `conv_state (batch, intermediate_size + 2 * n_groups * state_size, conv_kernel)`,
   `recurrent_state (batch, num_heads, head_dim, state_size)`.
 
+Hybrids (Mamba layers with attention layers) carry, besides the SSM layers' states, each attention layer's keys and
+values `(batch, num_key_value_heads, carried, head_dim)` (rotated at their own positions), which of them are valid
+(`key_valid (batch, carried)`: False where a row's document restarted) and the tokens read so far (`position`, for
+the positions of the next segment). How many keys are kept is `attention_state`: `"window"` (the last
+`attention_window` tokens, default: a segment's length; memory stays bounded), `"none"` (attention sees its segment
+only) or `"full"` (every key: exact, memory grows with the input).
+
 Dimension 1 of every recurrent state is the "head" axis (a channel for Mamba-1): fitted noise is per layer and head.
 Every operation returns a new object with new tensors; nothing is written in place, so a state that autograd saved
 for a backward pass is never modified.
@@ -20,7 +27,18 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PretrainedConfig
 
-from .modeling import get_architecture, input_device, state_shapes, unwrap_model
+from .modeling import (
+    attention_layers,
+    get_architecture,
+    input_device,
+    kv_shape,
+    ssm_layers,
+    state_shapes,
+    unwrap_model,
+)
+
+
+ATTENTION_STATES = ("window", "none", "full")
 
 
 def _model_info(model) -> tuple[PretrainedConfig, torch.device, torch.dtype]:
@@ -47,12 +65,39 @@ class CarriedState:
         conv_states: Sequence[torch.Tensor],
         recurrent_states: Sequence[torch.Tensor],
         config: PretrainedConfig | None = None,
+        *,
+        keys: Sequence[torch.Tensor] = (),
+        values: Sequence[torch.Tensor] = (),
+        key_valid: torch.Tensor | None = None,
+        position: int = 0,
+        attention_state: str = "window",
+        attention_window: int | None = None,
     ):
         if len(conv_states) != len(recurrent_states):
             raise ValueError(f"Got {len(conv_states)} conv states but {len(recurrent_states)} recurrent states.")
+        if len(keys) != len(values):
+            raise ValueError(f"Got {len(keys)} key tensors but {len(values)} value tensors.")
+        if attention_state not in ATTENTION_STATES:
+            raise ValueError(f"attention_state must be one of {list(ATTENTION_STATES)}, got {attention_state!r}.")
+        if attention_window is not None and attention_window < 1:
+            raise ValueError(f"attention_window must be >= 1 (or None: a segment's length), got {attention_window}.")
         self.conv_states = list(conv_states)
         self.recurrent_states = list(recurrent_states)
         self.config = config
+        self.keys, self.values = list(keys), list(values)
+        if key_valid is None and self.keys:
+            key_valid = torch.ones(self.keys[0].shape[0], self.keys[0].shape[-2], dtype=torch.bool)
+        self.key_valid = key_valid.to(self.keys[0].device) if key_valid is not None and self.keys else key_valid
+        self.position = int(position)
+        self.attention_state, self.attention_window = attention_state, attention_window
+
+    def kept_keys(self, segment_length: int) -> int | None:
+        """Keys an attention layer keeps after a segment of `segment_length` tokens (`None`: all)."""
+        if self.attention_state == "full":
+            return None
+        if self.attention_state == "none":
+            return 0
+        return self.attention_window or segment_length
 
     # ----- constructors -------------------------------------------------------------------------------------------
     @classmethod
@@ -64,6 +109,7 @@ class CarriedState:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         state_dtype: torch.dtype = torch.float32,
+        **attention,
     ) -> CarriedState:
         """A zero state, the start of a sequence.
 
@@ -75,6 +121,7 @@ class CarriedState:
             dtype (`torch.dtype`, *optional*): dtype of the conv windows; defaults to the model's dtype.
             state_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the SSM states. The scans
                 compute in float32, so float32 loses nothing between segments.
+            attention: `attention_state` and `attention_window` of a hybrid (see the module docstring).
         """
         config, model_device, model_dtype = _model_info(model)
         device = model_device if device is None else device
@@ -82,7 +129,12 @@ class CarriedState:
         shapes = state_shapes(config)
         conv = [torch.zeros(batch_size, *conv_shape, device=device, dtype=dtype) for conv_shape, _ in shapes]
         ssm = [torch.zeros(batch_size, *ssm_shape, device=device, dtype=state_dtype) for _, ssm_shape in shapes]
-        return cls(conv, ssm, config)
+        keys = []
+        if attention_layers(config):  # a hybrid: no key carried yet
+            heads, head_dim = kv_shape(config)
+            empty = torch.zeros(batch_size, heads, 0, head_dim, device=device, dtype=dtype)
+            keys = [empty] * len(attention_layers(config))
+        return cls(conv, ssm, config, keys=keys, values=keys, **attention)
 
     @classmethod
     def random_noise(
@@ -98,7 +150,7 @@ class CarriedState:
             torch.randn(s.shape, generator=generator, device="cpu", dtype=torch.float32).to(s.device, s.dtype) * std
             for s in state.recurrent_states
         ]
-        return cls(state.conv_states, ssm, state.config)
+        return state._with(recurrent_states=ssm)
 
     @classmethod
     def fitted_noise(
@@ -116,7 +168,7 @@ class CarriedState:
             view = (1, -1) + (1,) * (s.dim() - 2)
             noise = torch.randn(s.shape, generator=generator, device="cpu", dtype=torch.float32)
             ssm.append((noise * std.view(view) + mean.view(view)).to(s.device, s.dtype))
-        return cls(state.conv_states, ssm, state.config)
+        return state._with(recurrent_states=ssm)
 
     # ----- properties -------------------------------------------------------------------------------------------
     @property
@@ -133,8 +185,32 @@ class CarriedState:
         that layer's device, so the layers may differ."""
         return self.recurrent_states[0].device
 
+    @property
+    def num_keys(self) -> int:
+        """Keys each attention layer carries (0 for a pure family)."""
+        return self.keys[0].shape[-2] if self.keys else 0
+
+    def _with(self, **changes) -> CarriedState:
+        fields = dict(
+            conv_states=self.conv_states,
+            recurrent_states=self.recurrent_states,
+            config=self.config,
+            keys=self.keys,
+            values=self.values,
+            key_valid=self.key_valid,
+            position=self.position,
+            attention_state=self.attention_state,
+            attention_window=self.attention_window,
+        )
+        return CarriedState(**{**fields, **changes})
+
     def _map(self, fn) -> CarriedState:
-        return CarriedState([fn(t) for t in self.conv_states], [fn(t) for t in self.recurrent_states], self.config)
+        return self._with(
+            conv_states=[fn(t) for t in self.conv_states],
+            recurrent_states=[fn(t) for t in self.recurrent_states],
+            keys=[fn(t) for t in self.keys],
+            values=[fn(t) for t in self.values],
+        )
 
     # ----- operations -------------------------------------------------------------------------------------------
     def detach(self) -> CarriedState:
@@ -145,8 +221,11 @@ class CarriedState:
         return self._map(torch.Tensor.clone)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CarriedState:
-        """Move to `device` and/or cast every tensor to `dtype`."""
-        return self._map(lambda t: t.to(device=device, dtype=dtype))
+        """Move to `device` and/or cast every tensor to `dtype` (the key mask stays boolean)."""
+        moved = self._map(lambda t: t.to(device=device, dtype=dtype))
+        if self.key_valid is not None and device is not None:
+            moved.key_valid = self.key_valid.to(device)
+        return moved
 
     def reset(self, mask: torch.Tensor) -> CarriedState:
         """Zero the rows where `mask` (`BoolTensor[batch]`) is True: a new document starts there."""
@@ -157,12 +236,21 @@ class CarriedState:
         def zero_rows(t):  # `.to`: layers may live on different devices (a `device_map`); a no-op otherwise
             return t.masked_fill(mask.to(t.device).view(-1, *([1] * (t.dim() - 1))), 0)
 
-        return self._map(zero_rows)
+        reset = self._with(
+            conv_states=[zero_rows(t) for t in self.conv_states],
+            recurrent_states=[zero_rows(t) for t in self.recurrent_states],
+        )
+        if self.key_valid is not None:  # a restarted row's carried keys are masked out, not zeroed (a zero key counts)
+            reset.key_valid = self.key_valid & ~mask.to(self.key_valid.device)[:, None]
+        return reset
 
     def permute(self, index: torch.Tensor | Sequence[int]) -> CarriedState:
         """Reorder (or select) rows: row `i` of the result is row `index[i]` of this state."""
         index = torch.as_tensor(index, device=self.device, dtype=torch.long)
-        return self._map(lambda t: t.index_select(0, index.to(t.device)))  # per-layer devices: see `reset`
+        permuted = self._map(lambda t: t.index_select(0, index.to(t.device)))  # per-layer devices: see `reset`
+        if self.key_valid is not None:
+            permuted.key_valid = self.key_valid.index_select(0, index.to(self.key_valid.device))
+        return permuted
 
     def norms(self) -> torch.Tensor:
         """Per-layer L2 norm of the SSM state, averaged over the batch rows: `FloatTensor[num_layers]`."""
@@ -174,14 +262,24 @@ class CarriedState:
         """Flat, contiguous tensors (`conv_states.{i}`, `recurrent_states.{i}`) for `torch.save` / safetensors."""
         out = {f"conv_states.{i}": t.detach().contiguous() for i, t in enumerate(self.conv_states)}
         out.update({f"recurrent_states.{i}": t.detach().contiguous() for i, t in enumerate(self.recurrent_states)})
+        if self.keys:  # a hybrid's attention layers
+            out.update({f"keys.{i}": t.detach().contiguous() for i, t in enumerate(self.keys)})
+            out.update({f"values.{i}": t.detach().contiguous() for i, t in enumerate(self.values)})
+            out["key_valid"] = self.key_valid.contiguous()
+            out["position"] = torch.tensor(self.position)
         return out
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], config: PretrainedConfig | None = None):
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], config: PretrainedConfig | None = None, **policy):
+        """The state `state_dict` holds; `policy`: `attention_state` / `attention_window` of a hybrid's."""
         num_layers = sum(1 for k in state_dict if k.startswith("recurrent_states."))
         conv = [state_dict[f"conv_states.{i}"] for i in range(num_layers)]
         ssm = [state_dict[f"recurrent_states.{i}"] for i in range(num_layers)]
-        return cls(conv, ssm, config)
+        num_attention = sum(1 for k in state_dict if k.startswith("keys."))
+        keys = [state_dict[f"keys.{i}"] for i in range(num_attention)]
+        values = [state_dict[f"values.{i}"] for i in range(num_attention)]
+        attention = {"key_valid": state_dict["key_valid"], "position": int(state_dict["position"])} if keys else {}
+        return cls(conv, ssm, config, keys=keys, values=values, **attention, **policy)
 
     # ----- transformers' cache ----------------------------------------------------------------------------------
     def to_cache(self, config: PretrainedConfig | None = None) -> DynamicCache:
@@ -199,21 +297,38 @@ class CarriedState:
         config = config if config is not None else self.config
         if config is None:
             raise ValueError("to_cache needs the model config: pass `config=model.config`.")
+        hybrid = bool(self.keys)
+        if hybrid and (self.num_keys != self.position or not bool(self.key_valid.all())):
+            raise ValueError(
+                f"This state carries {self.num_keys} of the {self.position} tokens read (attention_state="
+                f"{self.attention_state!r}, or a row restarted): transformers' cache and `generate` need every key "
+                "of the sequence. Read the prompt with attention_state='full' to continue it with generate."
+            )
         cache = DynamicCache(config=config)
-        for layer_idx, (conv, ssm) in enumerate(zip(self.conv_states, self.recurrent_states)):
+        for layer_idx, conv, ssm in zip(ssm_layers(config), self.conv_states, self.recurrent_states):
             cache.update_conv_state(conv.detach().clone(), layer_idx, conv_kernel_size=conv.shape[-1])
             cache.update_recurrent_state(ssm.detach().clone(), layer_idx)
+        for layer_idx, keys, values in zip(attention_layers(config), self.keys, self.values):
+            cache.update(keys.detach().clone(), values.detach().clone(), layer_idx)
         # From transformers 5.25 a linear-attention cache layer counts the tokens it has seen, and `generate` feeds
-        # only `input_ids[:, count:]` (it takes `input_ids` to be the whole sequence). A carried state has no token
-        # count, and the caller passes the next token alone, so the cache reports none seen.
+        # only `input_ids[:, count:]` (it takes `input_ids` to be the whole sequence). A pure family's carried state
+        # has no token count, and the caller passes the next token alone, so the cache reports none seen. A hybrid's
+        # attention layers hold every key: the caller passes the whole sequence, as with transformers' own cache,
+        # and every layer reports the tokens read.
         for layer in cache.layers:
             if isinstance(getattr(layer, "cumulative_length_linear", None), torch.Tensor):
-                layer.cumulative_length_linear.zero_()
+                layer.cumulative_length_linear.fill_(self.position if hybrid else 0)
         return cache
 
     @classmethod
     def from_cache(cls, cache: DynamicCache, config: PretrainedConfig | None = None) -> CarriedState:
-        """Copy the states out of a filled `DynamicCache` (e.g. after a prefill with `use_cache=True`)."""
+        """Copy the states out of a filled `DynamicCache` (e.g. after a prefill with `use_cache=True`); the pure
+        families only (a hybrid's prompt is read with `forward_with_state`)."""
+        if config is not None and attention_layers(config):
+            raise ValueError(
+                f"from_cache reads the states of Mamba-only models; {config.model_type} has attention layers: read "
+                "its prompt with hf_longssm.forward_with_state (or prefill) to get a CarriedState."
+            )
         conv, ssm = [], []
         for layer_idx in range(len(cache.layers)):
             c, s = cache.get_conv_state(layer_idx), cache.get_recurrent_state(layer_idx)

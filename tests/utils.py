@@ -73,3 +73,46 @@ def enable_checkpointing(model) -> None:
         model.activation_checkpointing_enable()
     else:
         model.gradient_checkpointing_enable()
+
+
+# Hybrids (Mamba-2 layers with attention layers): tiny configs with a layer of each kind, segments not multiples of the
+# chunk size, grouped-query attention.
+HYBRID_TYPES = ["granitemoehybrid", "bamba", "nemotron_h"]
+
+
+def tiny_hybrid_config(model_type: str, **overrides):
+    from transformers import BambaConfig, GraniteMoeHybridConfig, NemotronHConfig
+
+    common = dict(
+        vocab_size=64, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0, attn_implementation="sdpa",
+    )  # fmt: skip
+    mamba = dict(mamba_n_heads=8, mamba_d_head=8, mamba_d_state=8, mamba_n_groups=2, mamba_chunk_size=16)
+    if model_type == "bamba":  # RoPE attention
+        cfg = dict(num_hidden_layers=3, mamba_expand=2, attn_layer_indices=[1], **mamba)
+        return BambaConfig(**{**common, **cfg, **overrides})
+    if model_type == "granitemoehybrid":  # mixture of experts after every layer; NoPE by default, RoPE here
+        cfg = dict(
+            num_hidden_layers=3, mamba_expand=2, layer_types=["mamba", "attention", "mamba"], num_local_experts=2,
+            num_experts_per_tok=1, shared_intermediate_size=32, position_embedding_type="rope", **mamba,
+        )  # fmt: skip
+        return GraniteMoeHybridConfig(**{**common, **cfg, **overrides})
+    if model_type == "nemotron_h":  # Mamba, attention (no positions), Mamba, MLP
+        cfg = dict(
+            num_hidden_layers=4, head_dim=8, mamba_num_heads=8, mamba_head_dim=8, ssm_state_size=8, n_groups=2,
+            chunk_size=16, hybrid_override_pattern="M*M-",
+        )  # fmt: skip
+        return NemotronHConfig(**{**common, **cfg, **overrides})
+    raise ValueError(model_type)
+
+
+def tiny_hybrid(model_type: str, seed: int = 0, **overrides):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_hybrid_config(model_type, **overrides))
+    with torch.no_grad():  # random decays, as tiny_model: states carry real information
+        for name, p in model.named_parameters():
+            if name.endswith("A_log") or name.endswith(".D") or name.endswith("dt_bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    return model.float()

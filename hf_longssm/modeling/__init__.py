@@ -11,11 +11,15 @@ from .kernels import kernel_availability, reference_scans
 from .ops import selective_scan
 from .registry import (
     SUPPORTED_ARCHITECTURES,
+    attention_layers,
     cache_argument,
     cache_kept_under_checkpointing,
     get_architecture,
     input_device,
+    kv_shape,
+    layer_kinds,
     prepare_model,
+    ssm_layers,
     state_shapes,
     unwrap_model,
 )
@@ -24,16 +28,20 @@ from .registry import (
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "Architecture",
+    "attention_layers",
     "SegmentStates",
     "StatefulMixerMixin",
     "cache_argument",
     "cache_kept_under_checkpointing",
     "get_architecture",
     "input_device",
+    "kv_shape",
+    "layer_kinds",
     "kernel_availability",
     "reference_scans",
     "selective_scan",
     "prepare_model",
+    "ssm_layers",
     "state_shapes",
     "unwrap_model",
 ]

@@ -34,26 +34,56 @@ class Architecture:
     lora_target_modules: tuple[str, ...]
     state_shapes: Callable[[PretrainedConfig], StateShapes]
     stateful_mixers: dict[type, type] = field(default_factory=dict)
+    # Hybrids: what each layer holds, `LAYER_SSM` (conv window + SSM state), `LAYER_ATTENTION` (keys and values) or
+    # `LAYER_NONE` (an MLP, MoE...). Pure families: every layer an SSM layer.
+    layer_kinds: Callable[[PretrainedConfig], list[str]] | None = None
+    # Attention layers' `(num_key_value_heads, head_dim)` (hybrids only).
+    kv_shape: Callable[[PretrainedConfig], tuple[int, int]] | None = None
+
+
+LAYER_SSM, LAYER_ATTENTION, LAYER_NONE = "ssm", "attention", "none"
 
 
 class SegmentStates:
-    """What the stateful mixers read and write during one segment, passed to the model as its cache argument.
+    """What the stateful layers read and write during one segment, passed to the model as its cache argument.
 
     Initial states are only read; final states go to separate slots as fresh tensors (nothing is written in place,
     so a tensor autograd saved is never modified). Under gradient checkpointing the recomputation reads the same
     initial states and overwrites the slots with equal values, so it stays exact.
 
     Args:
-        conv_states, recurrent_states (`Sequence[torch.Tensor]`): the initial state of every layer.
+        conv_states, recurrent_states (`Sequence[torch.Tensor]`): the initial state of every SSM layer.
+        ssm_layers (`Sequence[int]`, *optional*): the `layer_idx` of each SSM layer (default: all, in order).
+        keys, values (`Sequence[torch.Tensor]`, *optional*): the carried keys and values of every attention layer,
+            `(batch, num_key_value_heads, carried_length, head_dim)`, already rotated at their positions.
+        attention_layers (`Sequence[int]`, *optional*): the `layer_idx` of each attention layer.
+        attention_window (`int`, *optional*): keys and values kept after the segment: the last `attention_window`
+            (0: none); `None` keeps them all.
     """
 
-    def __init__(self, conv_states: Sequence[torch.Tensor], recurrent_states: Sequence[torch.Tensor]):
+    def __init__(
+        self,
+        conv_states: Sequence[torch.Tensor],
+        recurrent_states: Sequence[torch.Tensor],
+        ssm_layers: Sequence[int] | None = None,
+        keys: Sequence[torch.Tensor] = (),
+        values: Sequence[torch.Tensor] = (),
+        attention_layers: Sequence[int] = (),
+        attention_window: int | None = None,
+    ):
         self.conv_states, self.recurrent_states = list(conv_states), list(recurrent_states)
+        ssm_layers = range(len(self.conv_states)) if ssm_layers is None else ssm_layers
+        self.ssm_slots = {layer_idx: slot for slot, layer_idx in enumerate(ssm_layers)}
         self.final_conv: list[torch.Tensor | None] = [None] * len(self.conv_states)
         self.final_recurrent: list[torch.Tensor | None] = [None] * len(self.recurrent_states)
+        self.keys, self.values = list(keys), list(values)
+        self.attention_slots = {layer_idx: slot for slot, layer_idx in enumerate(attention_layers)}
+        self.attention_window = attention_window
+        self.final_keys: list[torch.Tensor | None] = [None] * len(self.keys)
+        self.final_values: list[torch.Tensor | None] = [None] * len(self.values)
 
     def run_layer(self, mixer, hidden_states: torch.Tensor) -> torch.Tensor:
-        idx = mixer.layer_idx
+        idx = self.ssm_slots[mixer.layer_idx]
         initial_conv, initial_recurrent = self.conv_states[idx], self.recurrent_states[idx]
         # Each layer's state lives where the layer runs: with a `device_map` spreading layers over devices,
         # accelerate's hook has moved `hidden_states` to this layer's execution device, and a state built elsewhere
@@ -70,12 +100,33 @@ class SegmentStates:
         self.final_recurrent[idx] = ssm.to(initial_recurrent.dtype)
         return out
 
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """The attention layers' cache call: the carried keys and values followed by the segment's (new tensors),
+        the window of them kept for the next segment. Its other arguments (`cache_kwargs`) are not needed here."""
+        idx = self.attention_slots[layer_idx]
+        keys = torch.cat([self.keys[idx].to(key_states.device, key_states.dtype), key_states], dim=-2)
+        values = torch.cat([self.values[idx].to(value_states.device, value_states.dtype), value_states], dim=-2)
+        kept = keys.shape[-2] if self.attention_window is None else min(self.attention_window, keys.shape[-2])
+        # The carried dtype is kept (as for SSM states): under autocast the projections come out in bfloat16.
+        self.final_keys[idx] = keys[..., keys.shape[-2] - kept :, :].to(self.keys[idx].dtype)
+        self.final_values[idx] = values[..., values.shape[-2] - kept :, :].to(self.values[idx].dtype)
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Carried keys before the segment (what a hybrid's forward asks its cache for positions)."""
+        return self.keys[0].shape[-2] if self.keys else 0
+
     def final_states(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """`(conv_states, recurrent_states)` after the segment, one per layer."""
+        """`(conv_states, recurrent_states)` after the segment, one per SSM layer."""
         missing = [i for i, s in enumerate(self.final_recurrent) if s is None]
+        missing += [i for i, s in enumerate(self.final_keys) if s is None]
         if missing:
-            raise RuntimeError(f"Layers {missing} did not run through hf_longssm's stateful mixer.")
+            raise RuntimeError(f"Layers {missing} did not run through hf_longssm's stateful layers.")
         return list(self.final_conv), list(self.final_recurrent)
+
+    def final_attention(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """`(keys, values)` kept after the segment, one per attention layer."""
+        return list(self.final_keys), list(self.final_values)
 
 
 class StatefulMixerMixin:
@@ -101,7 +152,8 @@ class StatefulMixerMixin:
         return super().forward(hidden_states, *args, **kwargs)
 
 
-CACHE_ARGUMENTS = ("cache", "cache_params")  # transformers >= 5.24, <= 5.23
+# transformers >= 5.24, <= 5.23; and the hybrids' models up to 5.23 (their mixers take `cache_params`)
+CACHE_ARGUMENTS = ("cache", "cache_params", "past_key_values")
 
 
 def segment_states_in(args: tuple, kwargs: dict) -> SegmentStates | None:

@@ -12,11 +12,18 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from . import falcon_mamba, mamba, mamba2
-from .base import CACHE_ARGUMENTS, Architecture, StateShapes
+from . import bamba, falcon_mamba, granitemoehybrid, mamba, mamba2, nemotron_h
+from .base import CACHE_ARGUMENTS, LAYER_ATTENTION, LAYER_SSM, Architecture, StateShapes
 
 
-FAMILIES: tuple[Architecture, ...] = (mamba.ARCHITECTURE, falcon_mamba.ARCHITECTURE, mamba2.ARCHITECTURE)
+FAMILIES: tuple[Architecture, ...] = (
+    mamba.ARCHITECTURE,
+    falcon_mamba.ARCHITECTURE,
+    mamba2.ARCHITECTURE,
+    granitemoehybrid.ARCHITECTURE,
+    bamba.ARCHITECTURE,
+    nemotron_h.ARCHITECTURE,
+)
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
     model_type: architecture for architecture in FAMILIES for model_type in architecture.model_types
@@ -60,9 +67,32 @@ def get_architecture(model_or_config: torch.nn.Module | PretrainedConfig | str) 
     return SUPPORTED_ARCHITECTURES[model_type]
 
 
+def layer_kinds(config: PretrainedConfig) -> list[str]:
+    """Per layer, what it holds: `"ssm"` (conv window and SSM state), `"attention"` (keys, values) or `"none"`."""
+    architecture = get_architecture(config)
+    if architecture.layer_kinds is None:
+        return [LAYER_SSM] * config.num_hidden_layers
+    return architecture.layer_kinds(config)
+
+
+def ssm_layers(config: PretrainedConfig) -> list[int]:
+    """The `layer_idx` of every layer with an SSM state, in order (all layers of a pure family)."""
+    return [i for i, kind in enumerate(layer_kinds(config)) if kind == LAYER_SSM]
+
+
+def attention_layers(config: PretrainedConfig) -> list[int]:
+    """The `layer_idx` of every attention layer of a hybrid (none in a pure family)."""
+    return [i for i, kind in enumerate(layer_kinds(config)) if kind == LAYER_ATTENTION]
+
+
+def kv_shape(config: PretrainedConfig) -> tuple[int, int]:
+    """`(num_key_value_heads, head_dim)` of a hybrid's attention layers."""
+    return get_architecture(config).kv_shape(config)
+
+
 def state_shapes(config: PretrainedConfig) -> list[StateShapes]:
-    """Per layer, the `(conv_state, recurrent_state)` shapes without the batch dimension."""
-    return [get_architecture(config).state_shapes(config)] * config.num_hidden_layers
+    """Per SSM layer (`ssm_layers`), the `(conv_state, recurrent_state)` shapes without the batch dimension."""
+    return [get_architecture(config).state_shapes(config)] * len(ssm_layers(config))
 
 
 def prepare_model(model: torch.nn.Module) -> PreTrainedModel:

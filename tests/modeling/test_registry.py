@@ -12,7 +12,7 @@ from hf_longssm.modeling import (
     state_shapes,
 )
 from hf_longssm.modeling.registry import FAMILIES
-from tests.utils import MODEL_TYPES, tiny_config, tiny_model
+from tests.utils import HYBRID_TYPES, MODEL_TYPES, tiny_config, tiny_hybrid, tiny_hybrid_config, tiny_model
 
 
 def test_unsupported_model_names_supported_types():
@@ -24,9 +24,10 @@ def test_unsupported_model_names_supported_types():
 
 
 def test_registry_collects_each_family_once_by_model_type():
-    assert sorted(SUPPORTED_ARCHITECTURES) == sorted(MODEL_TYPES)
-    assert {get_architecture(t).display_name for t in MODEL_TYPES} == {"Mamba", "FalconMamba", "Mamba-2"}
-    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 3
+    assert sorted(SUPPORTED_ARCHITECTURES) == sorted(MODEL_TYPES + HYBRID_TYPES)
+    names = {get_architecture(t).display_name for t in MODEL_TYPES + HYBRID_TYPES}
+    assert names == {"Mamba", "FalconMamba", "Mamba-2", "Granite 4.0-H", "Bamba", "Nemotron-H"}
+    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 6
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -57,3 +58,25 @@ def test_state_shapes_match_transformers_cache(model_type):
 def test_lora_defaults_are_declared_per_family():
     assert get_architecture("mamba2").lora_target_modules == ("in_proj",)
     assert "in_proj" in get_architecture("mamba").lora_target_modules
+
+
+@pytest.mark.parametrize("model_type", HYBRID_TYPES)
+def test_hybrid_state_shapes_match_transformers_cache_and_mixers_are_swapped(model_type):
+    import torch
+
+    from hf_longssm.modeling import attention_layers, kv_shape, ssm_layers
+
+    config = tiny_hybrid_config(model_type)
+    model = tiny_hybrid(model_type).eval()
+    with torch.no_grad():
+        out = model(torch.randint(0, 64, (2, 5)), use_cache=True)
+    cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")  # 5.24+ / 5.21-5.23
+    for layer_idx, (conv_shape, ssm_shape) in zip(ssm_layers(config), state_shapes(config)):
+        assert tuple(cache.get_conv_state(layer_idx).shape[1:]) == conv_shape
+        assert tuple(cache.get_recurrent_state(layer_idx).shape[1:]) == ssm_shape
+    for layer_idx in attention_layers(config):
+        keys = cache.layers[layer_idx].keys
+        assert (keys.shape[1], keys.shape[3]) == kv_shape(config)
+    hl.prepare_model(model)
+    swapped = [m for m in model.modules() if isinstance(m, StatefulMixerMixin)]
+    assert sorted(m.layer_idx for m in swapped) == ssm_layers(config)
