@@ -202,6 +202,7 @@ def iter_segments(
     input_ids: torch.LongTensor,
     segment_length: int,
     state: CarriedState | None = None,
+    **attention: Any,
 ) -> Iterator[tuple[int, int, Any, CarriedState]]:
     """Read `input_ids` in segments of `segment_length` tokens with the state carried: the prefill loop.
 
@@ -213,6 +214,7 @@ def iter_segments(
         input_ids (`torch.LongTensor` of shape `(batch, seq_len)`): on the model's device.
         segment_length (`int`): tokens per forward.
         state (`CarriedState`, *optional*): the state before the first token; `None` means zeros.
+        attention: for a hybrid started from zeros, `attention_state` / `attention_window` (see `CarriedState`).
 
     Yields:
         `(start, end, output, state)` per segment: its token span `[start, end)`, the model's output on it and the
@@ -220,6 +222,8 @@ def iter_segments(
     """
     if segment_length < 1:
         raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
+    if state is None and attention:
+        state = CarriedState.zeros(model, input_ids.shape[0], device=input_ids.device, **attention)
     for start in range(0, input_ids.shape[1], segment_length):
         end = min(start + segment_length, input_ids.shape[1])
         output, state = forward_with_state(model, input_ids[:, start:end], state)

@@ -55,6 +55,8 @@ def position_nll_sum(
     *,
     batch_size: int | None = None,
     progress: bool = False,
+    attention_state: str = "window",
+    attention_window: int | None = None,
 ) -> torch.Tensor:
     """The NLL at every position summed over the rows of `input_ids` (float64, `(L - 1,)`), read in segments with the
     state carried: what `position_perplexity` averages, and what processes add up before averaging (the trainer's
@@ -74,7 +76,10 @@ def position_nll_sum(
         for row_start in range(0, rows, batch_size):
             ids = input_ids[row_start : row_start + batch_size].to(device)
             # The targets run one past each segment: the prediction across the boundary is scored.
-            for start, end, out, _ in iter_segments(model, ids[:, :-1], segment_length):
+            segments = iter_segments(
+                model, ids[:, :-1], segment_length, attention_state=attention_state, attention_window=attention_window
+            )
+            for start, end, out, _ in segments:
                 log_probs = torch.log_softmax(out.logits.float(), dim=-1)
                 nll = -log_probs.gather(-1, ids[:, start + 1 : end + 1, None]).squeeze(-1)
                 total[start:end] += nll.double().sum(0)
@@ -91,20 +96,33 @@ def position_perplexity(
     *,
     batch_size: int | None = None,
     progress: bool = False,
+    attention_state: str = "window",
+    attention_window: int | None = None,
 ) -> PositionPerplexity:
     """Position-wise NLL of `input_ids` read in segments with the state carried, so memory does not grow with L.
 
     Args:
         model: a supported causal LM.
         input_ids (`torch.LongTensor` of shape `(B, L)`): token ids, one row per sequence, never padded.
-        segment_length (`int`, *optional*, defaults to 4096): tokens per forward; only memory and speed depend on it.
+        segment_length (`int`, *optional*, defaults to 4096): tokens per forward; for a pure Mamba family only memory
+            and speed depend on it.
         batch_size (`int`, *optional*): rows per forward (defaults to all B).
         progress (`bool`, *optional*): show a progress bar over segments.
+        attention_state, attention_window: a hybrid's attention policy (`CarriedState`): by default each segment's
+            attention also sees the previous `segment_length` keys, so memory stays bounded; `"full"` is exact.
 
     Returns:
         [`PositionPerplexity`]: `nll` of shape `(L - 1,)`; `.perplexity(buckets)` per position bucket.
     """
-    total = position_nll_sum(model, input_ids, segment_length, batch_size=batch_size, progress=progress)
+    total = position_nll_sum(
+        model,
+        input_ids,
+        segment_length,
+        batch_size=batch_size,
+        progress=progress,
+        attention_state=attention_state,
+        attention_window=attention_window,
+    )
     rows = input_ids.shape[0]
     return PositionPerplexity(nll=(total / rows).float(), num_sequences=rows)
 

@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
@@ -35,7 +37,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 RUN_SETTINGS = (
     "state_init", "segment_length", "per_device_train_batch_size", "world_size", "gradient_accumulation_steps",
     "dataloader_num_workers", "seed", "data_seed", "reset_state_on_eos", "noise_std", "fitted_noise_warmup_steps",
-    "fitted_noise_update", "state_dtype", "train_sampling_strategy",
+    "fitted_noise_update", "state_dtype", "train_sampling_strategy", "attention_state", "attention_window",
 )  # fmt: skip
 # transformers' files a resume needs besides the weights (and `scheduler.pt`, `rng_state*.pth`): without them it would
 # go on with a fresh optimizer. The optimizer's state is `optimizer.pt` (one process or DDP), `optimizer.bin` or the
@@ -145,6 +147,24 @@ def load_state_file(checkpoint: str | os.PathLike, rank: int) -> dict:
         f"Resume from a checkpoint you or a source you trust wrote, or delete {checkpoint} to resume from an "
         "earlier complete checkpoint.",
     )
+
+
+def load_renamed_weights(model: torch.nn.Module, checkpoint: str | os.PathLike) -> bool:
+    """Load a checkpoint's weights saved under other names than the model's own (transformers 5 converts some models'
+    weights at `save_pretrained`, e.g. Granite 4.0-H's experts, and converts them back in `from_pretrained`). The
+    Trainer's resume reads the file as is, leaves those weights unloaded with a warning and goes on with the ones in
+    memory; this loads them through `from_pretrained`. Returns False (nothing done) when the names match."""
+    path = Path(checkpoint) / "model.safetensors"
+    if not isinstance(model, PreTrainedModel) or not path.is_file():
+        return False
+    with safe_open(str(path), framework="pt") as f:
+        saved = set(f.keys())
+    if saved == set(model.state_dict()):
+        return False
+    dtype = next(model.parameters()).dtype
+    loaded = type(model).from_pretrained(checkpoint, dtype=dtype, config=model.config)
+    model.load_state_dict(loaded.state_dict())
+    return True
 
 
 def at_max_steps(checkpoint: str | os.PathLike, max_steps: int) -> bool:

@@ -91,6 +91,13 @@ class StatePassingConfig(TrainingArguments):
         reset_state_on_eos (`bool`, *optional*, defaults to `True`):
             `"tbtt"`: zero the carried state on rows where a new document starts at the segment's first token.
             A stream's first segment always starts from zero.
+        attention_state (`str`, *optional*, defaults to `"window"`):
+            Hybrids (Mamba layers with attention layers): the keys and values the attention layers carry between
+            segments, `"window"` (the last `attention_window`: bounded memory), `"none"` (attention sees its segment
+            only) or `"full"` (every key: exact continuation, memory grows with the stream). Pure Mamba models have
+            none. The noise inits start the attention part empty (it has no noise analogue).
+        attention_window (`int`, *optional*):
+            Keys kept under `attention_state="window"`; defaults to `segment_length`.
         state_dtype (`str`, *optional*, defaults to `"float32"`):
             dtype of carried SSM states (the scans run in float32, so float32 loses nothing between segments).
         log_state_norms (`bool`, *optional*, defaults to `True`):
@@ -150,6 +157,17 @@ class StatePassingConfig(TrainingArguments):
     )
     state_dtype: str = field(
         default="float32", metadata={"help": "dtype of carried SSM states.", "choices": list(_STATE_DTYPES)}
+    )
+    attention_state: str = field(
+        default="window",
+        metadata={
+            "help": "Hybrids: the attention layers' keys carried between segments (window: the last "
+            "attention_window; none; full: all, memory grows).",
+            "choices": ["window", "none", "full"],
+        },
+    )
+    attention_window: int | None = field(
+        default=None, metadata={"help": "Hybrids, attention_state=window: keys kept (default segment_length)."}
     )
     log_state_norms: bool = field(default=True, metadata={"help": "Log per-layer norms of the final SSM states."})
     # ----- data -----
@@ -224,6 +242,10 @@ class StatePassingConfig(TrainingArguments):
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}.")
         if self.fitted_noise_update not in ("running", "frozen"):
             raise ValueError(f"fitted_noise_update must be 'running' or 'frozen', got {self.fitted_noise_update!r}.")
+        if self.attention_state not in ("window", "none", "full"):
+            raise ValueError(f"attention_state must be 'window', 'none' or 'full', got {self.attention_state!r}.")
+        if self.attention_window is not None and self.attention_window < 1:
+            raise ValueError(f"attention_window must be >= 1, got {self.attention_window}.")
         if self.state_dtype not in _STATE_DTYPES:
             raise ValueError(f"state_dtype must be one of {list(_STATE_DTYPES)}, got {self.state_dtype!r}.")
         if self.state_init == "fitted_noise" and self.fitted_noise_warmup_steps < 1:

@@ -95,11 +95,12 @@ def position_nll_sum_across_processes(trainer, input_ids: torch.LongTensor) -> t
     """
     args = trainer.args
     share = input_ids[args.process_index :: args.world_size]
-    total = position_nll_sum(trainer.model, share, args.segment_length, batch_size=args.eval_batch_size)
+    attention = {"attention_state": args.attention_state, "attention_window": args.attention_window}
+    total = position_nll_sum(trainer.model, share, args.segment_length, batch_size=args.eval_batch_size, **attention)
     if is_sharded(trainer):
         most = math.ceil(math.ceil(len(input_ids) / args.world_size) / args.eval_batch_size)
         for _ in range(most - math.ceil(len(share) / args.eval_batch_size)):
-            position_nll_sum(trainer.model, input_ids[:1], args.segment_length)
+            position_nll_sum(trainer.model, input_ids[:1], args.segment_length, **attention)
     return trainer.accelerator.reduce(total.to(args.device), reduction="sum").double().cpu()
 
 

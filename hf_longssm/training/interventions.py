@@ -9,6 +9,10 @@ a resumed run starts the next segment exactly as the uninterrupted run would.
 * `fitted_noise`: Gaussian SSM states with the per-layer, per-head mean and std of final states seen in training;
 * `state_passing`: the previous batch's final state (a different sequence);
 * `tbtt`: the previous segment's final state of the same stream (reset where a stream or document starts).
+
+A hybrid's attention layers (keys and values) have no noise analogue: the noise inits and `zero` start them empty;
+state passing carries the previous batch's keys with its SSM states (another sequence's context, as its SSM state
+is), TBTT the stream's own; how many are kept is `attention_state` / `attention_window` (docs: the policy table).
 """
 
 from __future__ import annotations
@@ -34,8 +38,14 @@ class Intervention:
         self.fitted_stats = FittedNoiseStats(num_layers)
         self.generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def attention(self) -> dict:
+        """A hybrid's attention policy (`attention_state`, `attention_window`) for every state built here."""
+        window = self.args.attention_window or self.args.segment_length
+        return {"attention_state": self.args.attention_state, "attention_window": window}
+
     def zeros(self, model, batch_size: int, device) -> CarriedState:
-        return CarriedState.zeros(model, batch_size, device=device, state_dtype=self.state_dtype)
+        return CarriedState.zeros(model, batch_size, device=device, state_dtype=self.state_dtype, **self.attention)
 
     def initial_state(self, model, inputs: dict[str, torch.Tensor], global_step: int) -> CarriedState:
         input_ids = inputs["input_ids"]
@@ -55,7 +65,8 @@ class Intervention:
 
     def load_state_dict(self, payload: dict, config, device) -> None:
         if payload["carried"] is not None:
-            self.carried = CarriedState.from_state_dict(payload["carried"], config).to(device=device)
+            carried = CarriedState.from_state_dict(payload["carried"], config, **self.attention)
+            self.carried = carried.to(device=device)
         self.fitted_stats = FittedNoiseStats.from_state_dict(payload["fitted_stats"])
         self.generator.set_state(payload["noise_generator"])
 
@@ -74,6 +85,7 @@ class RandomNoise(Intervention):
             generator=self.generator,
             device=input_ids.device,
             state_dtype=self.state_dtype,
+            **self.attention,
         )
 
 
@@ -92,6 +104,7 @@ class FittedNoise(Intervention):
             generator=self.generator,
             device=input_ids.device,
             state_dtype=self.state_dtype,
+            **self.attention,
         )
 
     def observe(self, final_state, global_step):

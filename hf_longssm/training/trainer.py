@@ -20,7 +20,7 @@ from ..evaluation.text import documents_to_input_ids
 from ..forward import check_token_ids, forward_with_state
 from ..hub import base_model_license, drop_peft_local_card, hub_id, render_model_card, results_table
 from ..loading import load_model, mamba_ssm_vocab_size
-from ..modeling import get_architecture, kernel_availability, prepare_model, unwrap_model
+from ..modeling import get_architecture, kernel_availability, prepare_model, ssm_layers, unwrap_model
 from ..sources import is_offline
 from .callbacks import EvalPlotCallback
 from .checkpoints import (
@@ -28,6 +28,7 @@ from .checkpoints import (
     at_max_steps,
     check_resume_settings,
     last_complete_checkpoint,
+    load_renamed_weights,
     load_state_file,
     mark_complete,
     missing_files,
@@ -135,7 +136,7 @@ class StatePassingTrainer(Trainer):
 
         # 4. The intervention (carried state, fitted statistics, noise generator) and metrics, per process
         self.intervention = INTERVENTIONS[args.state_init](
-            args, base.config.num_hidden_layers, seed=args.seed + self.args.process_index
+            args, len(ssm_layers(base.config)), seed=args.seed + self.args.process_index
         )
         # Buffered per mode and flushed by `log` (TRL's way), so evaluation never relabels training values.
         self._state_norms: dict[str, tuple[torch.Tensor | None, int]] = {"train": (None, 0), "eval": (None, 0)}
@@ -279,6 +280,10 @@ class StatePassingTrainer(Trainer):
         # except inside a checkpoint (which holds the shards).
         if getattr(self, "_checkpoint_saving", False) or not save_gathered_model(self, output_dir):
             super().save_model(output_dir, _internal_call)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not load_renamed_weights(model if model is not None else self.model, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         self._save_weights(output_dir, state_dict)
