@@ -222,7 +222,9 @@ def iter_segments(
     """
     if segment_length < 1:
         raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
-    if state is None and attention:
+    if state is None:  # a hybrid's default window is one segment, whatever the length of the last one
+        attention = {"attention_state": "window", **attention}
+        attention["attention_window"] = attention.get("attention_window") or segment_length
         state = CarriedState.zeros(model, input_ids.shape[0], device=input_ids.device, **attention)
     for start in range(0, input_ids.shape[1], segment_length):
         end = min(start + segment_length, input_ids.shape[1])
@@ -231,11 +233,16 @@ def iter_segments(
 
 
 def prefill(
-    model: torch.nn.Module, input_ids: torch.LongTensor, segment_length: int, state: CarriedState | None = None
+    model: torch.nn.Module,
+    input_ids: torch.LongTensor,
+    segment_length: int,
+    state: CarriedState | None = None,
+    **attention: Any,
 ) -> tuple[Any, CarriedState]:
-    """The last segment's output and the state after all of `input_ids`, read segment by segment."""
+    """The last segment's output and the state after all of `input_ids`, read segment by segment (`attention`: as
+    for `iter_segments`)."""
     last = None
-    for last in iter_segments(model, input_ids, segment_length, state):  # noqa: B007 (the last segment is kept)
+    for last in iter_segments(model, input_ids, segment_length, state, **attention):  # noqa: B007 (the last is kept)
         pass
     if last is None:
         raise ValueError("prefill needs at least one token.")

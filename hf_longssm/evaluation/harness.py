@@ -106,6 +106,9 @@ class LongSSMLM(TemplateLM):
         device_map (`str` or `dict`, *optional*): load `pretrained` with this `device_map` (layers spread over
             devices, CPU or disk offload; as `from_pretrained`) instead of moving it to `device`.
         offload_folder (`str`, *optional*): where layers mapped to `"disk"` are offloaded (with `device_map`).
+        attention_state, attention_window: a hybrid's attention policy while scoring (`CarriedState`; default: the
+            last `segment_length` keys). Generation prefills a hybrid's prompt with every key (`"full"`), which
+            transformers' `generate` needs.
     """
 
     def __init__(
@@ -122,6 +125,8 @@ class LongSSMLM(TemplateLM):
         max_batch_size: int | None = None,
         device_map: str | dict[str, Any] | None = None,
         offload_folder: str | os.PathLike | None = None,
+        attention_state: str = "window",
+        attention_window: int | None = None,
     ) -> None:
         super().__init__()
         # 1. options
@@ -131,6 +136,9 @@ class LongSSMLM(TemplateLM):
                 "so its size is not a memory question. Give an integer (1 is the usual choice on long inputs)."
             )
         self.segment_length = int(segment_length)
+        # lm-eval's --model_args gives strings
+        window = int(attention_window) if attention_window not in (None, "", "None") else None
+        self._attention = {"attention_state": attention_state, "attention_window": window}
         self.batch_size_per_gpu = int(batch_size)
         if self.segment_length < 1 or self.batch_size_per_gpu < 1:
             raise ValueError(f"segment_length and batch_size must be >= 1, got {segment_length} and {batch_size}.")
@@ -235,7 +243,8 @@ class LongSSMLM(TemplateLM):
         `input_ids` from `state` in segments (`targets[:, t]` is the token after `input_ids[:, t]`)."""
         logprob = torch.zeros(input_ids.shape[0], dtype=torch.float64)
         greedy = torch.ones(input_ids.shape[0], dtype=torch.bool)
-        for start, end, output, _ in iter_segments(self._model, input_ids, self.segment_length, state):
+        segments = iter_segments(self._model, input_ids, self.segment_length, state, **self._attention)
+        for start, end, output, _ in segments:
             # float32 log-softmax whatever the model's dtype (HFLM's default for float32 models).
             logits = F.log_softmax(output.logits.float(), dim=-1)
             target = targets[:, start:end].to(logits.device)
@@ -251,7 +260,7 @@ class LongSSMLM(TemplateLM):
         """The state after `context` (one row), read in segments; `None` (zeros) for no tokens."""
         if not context:
             return None
-        return prefill(self._model, self._tensor([context]), self.segment_length)[1]
+        return prefill(self._model, self._tensor([context]), self.segment_length, **self._attention)[1]
 
     def _loglikelihood_tokens(
         self,
@@ -336,12 +345,16 @@ class LongSSMLM(TemplateLM):
                 if not kwargs.get("do_sample") and kwargs.get("temperature", 0.0) == 0.0:
                     kwargs.pop("temperature", None)  # greedy: no temperature warning from transformers
                 ids = self._tensor([contexts[i] for i in batch])
+                # A hybrid's cache holds every key of the prompt, and `generate` then takes the whole prompt;
+                # a Mamba's holds states only, and takes the last token.
+                full = {"attention_state": "full"}
                 if ids.shape[1] > 1:
-                    _, state = prefill(self._model, ids[:, :-1], self.segment_length)
+                    _, state = prefill(self._model, ids[:, :-1], self.segment_length, **full)
                 else:
-                    state = CarriedState.zeros(self._model, len(batch))
+                    state = CarriedState.zeros(self._model, len(batch), **full)
+                prompt = ids if state.keys else ids[:, -1:]
                 output = self._model.generate(
-                    ids[:, -1:],
+                    prompt,
                     **{cache_argument(self._model): state.to_cache(unwrap_model(self._model).config)},
                     max_new_tokens=max_gen_toks,
                     stopping_criteria=stop_sequences_criteria(self.tokenizer, until, 1, len(batch)),
@@ -351,7 +364,7 @@ class LongSSMLM(TemplateLM):
                     use_cache=True,
                     **kwargs,
                 )
-                for i, tokens in zip(batch, output[:, 1:].tolist()):
+                for i, tokens in zip(batch, output[:, prompt.shape[1] :].tolist()):
                     text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
                     results[i] = text
                     self.cache_hook.add_partial("generate_until", requests[i].args, text)

@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from ..forward import eval_mode, prefill
+from ..forward import eval_mode, forward_with_state, prefill
 from ..modeling import cache_argument, input_device, unwrap_model
 
 
@@ -53,10 +53,16 @@ def is_the_key(text: str, key: str) -> bool:
 
 @torch.no_grad()
 def _greedy_from_state(model, state, first_token: torch.Tensor, max_new_tokens: int) -> list[int]:
-    """Greedy decoding with transformers' own one-token path, continuing from a carried state."""
-    config = unwrap_model(model).config
-    cache = state.to_cache(config)
+    """Greedy decoding with transformers' own one-token path, continuing from a carried state; a hybrid decodes
+    through its carried state (its attention policy keeps what it keeps, which transformers' cache cannot)."""
     token, generated = first_token, []
+    if state.keys:
+        for _ in range(max_new_tokens):
+            output, state = forward_with_state(model, token, state)
+            token = output.logits[:, -1].argmax(-1, keepdim=True)
+            generated.append(int(token))
+        return generated
+    cache = state.to_cache(unwrap_model(model).config)
     for _ in range(max_new_tokens):
         logits = model(input_ids=token, use_cache=True, **{cache_argument(model): cache}).logits[:, -1]
         token = logits.argmax(-1, keepdim=True)
@@ -74,15 +80,20 @@ def passkey_retrieval(
     num_trials: int = 3,
     segment_length: int = 4096,
     seed: int = 0,
+    attention_state: str = "window",
+    attention_window: int | None = None,
 ) -> list[dict]:
     """Accuracy of retrieving a random 5-digit passkey, per (length, depth).
 
     The prompt is prefilled in segments with the state carried, then decoded greedily from that state; a trial is
     right when the generated text starts with the key (exact match). Seeded and reproducible.
 
+    `attention_state` / `attention_window`: a hybrid's attention policy (see `CarriedState`).
+
     Returns:
         `list[dict]`: `{"length", "depth", "accuracy", "trials"}` per cell.
     """
+    attention = {"attention_state": attention_state, "attention_window": attention_window}
     if list(lengths) != sorted(set(lengths)):
         raise ValueError(f"lengths must be strictly increasing, got {lengths}.")
     device = input_device(model)
@@ -96,7 +107,7 @@ def passkey_retrieval(
                     key = str(rng.randint(10000, 99999))
                     ids, _ = build_passkey_prompt(tokenizer, length, depth, key)
                     ids = torch.tensor([ids], device=device)
-                    _, state = prefill(model, ids[:, :-1], segment_length)
+                    _, state = prefill(model, ids[:, :-1], segment_length, **attention)
                     answer_tokens = len(_encode(tokenizer, f" {key}")) + 1
                     generated = _greedy_from_state(model, state, ids[:, -1:], answer_tokens)
                     correct += is_the_key(tokenizer.decode(generated), key)

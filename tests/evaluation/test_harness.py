@@ -23,7 +23,7 @@ from hf_longssm.evaluation import harness  # noqa: E402
 from hf_longssm.evaluation.harness import LongSSMLM  # noqa: E402
 from hf_longssm.evaluation.lm_eval_tasks import builders  # noqa: E402
 from hf_longssm.tokenization import byte_tokenizer  # noqa: E402
-from tests.utils import tiny_model  # noqa: E402
+from tests.utils import HYBRID_TYPES, tiny_hybrid, tiny_model  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,6 +174,28 @@ def test_generate_until_equals_generate_on_the_full_prompt(tmp_path, model_type)
     assert cut == postprocess_generated_text(expected_text, [stop, "<eos>"], None)
     [short] = ours.generate_until(generate(prompt, until=[], max_gen_toks=3, **ascii_only), disable_tqdm=True)
     assert short == ours.tokenizer.decode(expected[:3].tolist(), skip_special_tokens=True).split("<eos>")[0]
+
+
+@pytest.mark.parametrize("model_type", HYBRID_TYPES)
+def test_hybrid_scores_equal_one_pass_with_every_key_and_generates_as_transformers(tmp_path, model_type):
+    model = tiny_hybrid(model_type, vocab_size=257).eval()
+    model.save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    ours = LongSSMLM(str(tmp_path), segment_length=16, attention_state="full")
+    context = TEXT[:70]
+    [(logprob, _)] = ours.loglikelihood(loglikelihood((context, " blue sky")), disable_tqdm=True)
+    ids = torch.tensor([ours.tok_encode(context + " blue sky")])
+    n = len(ours.tok_encode(context))
+    with torch.no_grad():
+        logits = ours.model(ids).logits.float()
+    expected = F.log_softmax(logits[0, n - 1 : -1], -1).gather(-1, ids[0, n:, None]).sum().item()
+    assert logprob == pytest.approx(expected, abs=1e-4)
+    ascii_only = {"suppress_tokens": list(range(129, 257)), "do_sample": False}
+    prompt_ids = torch.tensor([ours.tok_encode(context)])
+    with torch.no_grad():
+        generated = ours.model.generate(prompt_ids, max_new_tokens=10, pad_token_id=0, **ascii_only)[0, n:]
+    [text] = ours.generate_until(generate(context, until=[], max_gen_toks=10, **ascii_only), disable_tqdm=True)
+    assert text == ours.tokenizer.decode(generated.tolist(), skip_special_tokens=True).split("<eos>")[0]
 
 
 MEMORY_SCRIPT = textwrap.dedent(
