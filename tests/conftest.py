@@ -10,6 +10,7 @@ import torch
 # every other job runs them with the rest.
 CORE_TEST_FILES = (
     "tests/test_forward.py",
+    "tests/modeling/test_hybrids.py",
     "tests/test_state.py",
     "tests/test_security.py",
     "tests/test_transformers_versions.py",

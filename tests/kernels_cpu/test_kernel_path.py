@@ -1,7 +1,7 @@
 """Whole models on the kernel branch (HF_LONGSSM_FORCE_KERNELS=1) against the torch path
-(HF_LONGSSM_DISABLE_KERNELS=1), for Mamba, FalconMamba and Mamba-2: segmented logits and final states, gradients
-from a detached state, through an attached one (BPTT across segments) and into a state that requires grad, in fp32
-and fp16, at edge shapes.
+(HF_LONGSSM_DISABLE_KERNELS=1), for Mamba, FalconMamba, Mamba-2 and the hybrids: segmented logits and final states,
+gradients from a detached state, through an attached one (BPTT across segments) and into a state that requires grad,
+in fp32 and fp16, at edge shapes.
 
 The kernels are mamba-ssm's and causal-conv1d's real Python wrappers over CPU stand-ins of their compiled extensions
 and Triton's interpreter (conftest.py). Shapes stay tiny: one Mamba-2 layer's forward and backward take seconds there.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import hf_longssm as hl
-from tests.utils import MODEL_TYPES, split_points, tiny_model
+from tests.utils import HYBRID_TYPES, MODEL_TYPES, split_points, tiny_hybrid, tiny_model
 
 from .helpers import kernel_branch, relative_error, torch_path
 
@@ -211,3 +211,22 @@ def test_conv_widths_and_channel_counts(kernel_calls, model_type, overrides, con
     assert (calls.get("causal_conv1d_fwd", 0) > 0) == conv_kernel_serves, calls
     scan = "chunk_scan" if model_type == "mamba2" else "selective_scan"
     assert calls.get(f"{scan}_fwd", 0) > 0 and calls.get(f"{scan}_bwd", 0) > 0, calls
+
+
+# ----- hybrids: their Mamba-2 layers on the kernels, their attention layers with carried keys -----------------------
+@pytest.mark.parametrize("model_type", HYBRID_TYPES)
+def test_hybrids_segmented_logits_and_gradients_through_attached_states(kernel_calls, model_type):
+    model = tiny_hybrid(model_type)
+    ids = _ids(2, 40)
+
+    def run():
+        outputs, _ = _segments(model, ids, [17, 1, 22], hl.CarriedState.zeros(model, 2, attention_state="full"))
+        return outputs
+
+    logits = {}
+    for on in (True, False):
+        with kernel_branch(on), torch.no_grad():
+            logits[on] = torch.cat([o.logits for o in run()], 1)
+    _assert_kernels_ran("mamba2", kernel_calls())
+    _assert_close(logits[True], logits[False], torch.float32, "logits")
+    _compare_gradients(model.train(), lambda: sum(o.loss for o in run()), torch.float32)
