@@ -22,11 +22,17 @@ from .modeling.hybrid import segment_attention_masks
 from .state import CarriedState
 
 
-def _compute_dtypes(dtype: torch.dtype, device: torch.device) -> set[torch.dtype]:
-    """The dtypes a conv window may carry: the model's, and the autocast dtype while autocast is on."""
+def _compute_dtypes(model, dtype: torch.dtype, device: torch.device) -> set[torch.dtype]:
+    """The dtypes a conv window may carry: the model's, the autocast dtype while autocast is on, and under FSDP2's
+    `MixedPrecisionPolicy` both its compute dtype and float32 (its weights read as either, depending on whether a
+    forward without backward left them gathered)."""
     dtypes = {dtype}
     if torch.is_autocast_enabled(device.type):
         dtypes.add(torch.get_autocast_dtype(device.type))
+    fsdp_state = getattr(model, "_get_fsdp_state", None)  # torch's FSDPModule
+    policy = getattr(fsdp_state(), "_mp_policy", None) if fsdp_state is not None else None
+    if getattr(policy, "param_dtype", None) is not None:
+        dtypes |= {policy.param_dtype, torch.float32}
     return dtypes
 
 
@@ -56,7 +62,7 @@ def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype
                 f"Layer {layer_idx}: state shapes {tuple(conv.shape)} / {tuple(ssm.shape)} do not match the model "
                 f"({conv_shape} / {ssm_shape} per row)."
             )
-    allowed = _compute_dtypes(dtype, device)
+    allowed = _compute_dtypes(model, dtype, device)
     if state.conv_states[0].dtype not in allowed:
         raise ValueError(
             f"The state's conv windows are {state.conv_states[0].dtype} but the model runs in "

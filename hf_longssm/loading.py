@@ -12,9 +12,11 @@ Two checkpoint formats load, by Hub id or local folder, told apart by their `con
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +164,8 @@ def load_config(name_or_path: str | os.PathLike, **download: Any) -> PretrainedC
     config_file = path if path.is_file() else model_config_file(name_or_path, download)
     if config_file.name == "adapter_config.json":
         raise ValueError(f"{name_or_path} is a LoRA adapter: give its base model ({config_file} names it).")
-    config = json.loads(config_file.read_text())
+    # transformers' own reader: it decodes the floats JSON cannot hold (`time_step_limit`'s Infinity is saved tagged)
+    config = PretrainedConfig._dict_from_json_file(config_file)
     if is_mamba_ssm_config(config):
         return to_transformers_config(config)
     if "model_type" not in config:
@@ -416,7 +419,24 @@ MODEL_INITS = {"A_logspace": log_spaced_decays}
 
 def apply_model_init(model: PreTrainedModel, spec: dict[str, Any]) -> None:
     """Apply a recipe's `model_init` block, e.g. `{"A_logspace": [0.01, 1.0]}` (see `MODEL_INITS`)."""
-    for name, value in spec.items():
-        if name not in MODEL_INITS:
-            raise ValueError(f"Unknown model_init {name!r}; choose from {sorted(MODEL_INITS)}.")
-        MODEL_INITS[name](model, *(value if isinstance(value, list) else [value]))
+    unknown = sorted(set(spec) - set(MODEL_INITS))
+    if unknown:
+        raise ValueError(f"Unknown model_init {unknown[0]!r}; choose from {sorted(MODEL_INITS)}.")
+    with _whole_parameters(model):
+        for name, value in spec.items():
+            MODEL_INITS[name](model, *(value if isinstance(value, list) else [value]))
+
+
+@contextlib.contextmanager
+def _whole_parameters(model: PreTrainedModel) -> Iterator[None]:
+    """Under DeepSpeed ZeRO-3 a model built from a config (`zero3_init_flag`) holds only its partition of each
+    weight: an init written into that would change nothing. Gather the weights for the block, then partition them
+    again (every process computes the same init; the first one's is kept)."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed  # installed whenever a model is partitioned by it
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
+        yield

@@ -35,15 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """`hf-longssm plan --model M [...]`: print the memory table (GiB per GPU) or, with `--json`, the bytes."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    plan = plan_memory(
-        load_config(args.model),
-        segment_length=args.segment_length,
-        per_device_batch=args.batch,
-        num_processes=args.gpus,
-        compute_dtype=args.dtype,
-        state_dtype=args.state_dtype,
-        activation_checkpointing=args.activation_checkpointing,
-    )
+    config = load_config(args.model)
+    try:
+        plan = plan_memory(
+            config,
+            segment_length=args.segment_length,
+            per_device_batch=args.batch,
+            num_processes=args.gpus,
+            compute_dtype=args.dtype,
+            state_dtype=args.state_dtype,
+            activation_checkpointing=args.activation_checkpointing,
+        )
+    except RuntimeError as err:  # a config whose shapes do not fit together fails inside the forward
+        raise ValueError(f"{args.model}: the model's shapes do not fit together ({err}). Check its config.") from err
     if args.json:
         print(json.dumps({"num_parameters": plan.num_parameters, "bytes": plan.bytes}, indent=2))
         return

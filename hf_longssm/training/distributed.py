@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import torch
 from accelerate.state import PartialState
@@ -114,3 +115,25 @@ def save_gathered_model(trainer, output_dir: str | None) -> bool:
     if trainer.args.should_save:
         trainer._save(output_dir or trainer.args.output_dir, state_dict=state_dict)
     return True
+
+
+def check_trainable_placement(model) -> None:
+    """Refuse training a model whose weights accelerate offloads (`device_map` with "disk", or "cpu" beside GPUs):
+    offloaded weights are loaded for each forward and dropped after it, so their updates would be lost."""
+    devices = {str(device) for device in (getattr(model, "hf_device_map", None) or {}).values()}
+    if "disk" in devices or ("cpu" in devices and len(devices) > 1):
+        raise ValueError(
+            f"The model was loaded with a device_map that offloads weights ({sorted(devices)}): their updates would "
+            "be lost. device_map offload is for evaluation and generation; to train a model that does not fit one "
+            "device, shard it with FSDP2 or DeepSpeed ZeRO-3 (docs/scale_out.md)."
+        )
+
+
+def check_checkpoint_sharding(trainer, checkpoint: str) -> None:
+    """A checkpoint resumes under the sharding it was saved with: refuse the other way round with the reason."""
+    saved_fsdp = any(Path(checkpoint).glob("pytorch_model_fsdp*"))
+    if trainer.is_fsdp_enabled and not saved_fsdp:
+        raise ValueError(
+            f"{checkpoint} was saved without FSDP, and this run uses FSDP: resume it with the launch it was saved "
+            "with, or start an FSDP run from its weights (model_name_or_path: that folder)."
+        )

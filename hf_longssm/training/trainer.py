@@ -42,6 +42,8 @@ from .collator import DataCollatorForStatePassing
 from .config import StatePassingConfig, refuse_unused_trainer_arguments
 from .data import SegmentDataset, build_segment_dataset, check_loader_settings
 from .distributed import (
+    check_checkpoint_sharding,
+    check_trainable_placement,
     enable_fsdp_on_cpu,
     position_nll_sum_across_processes,
     save_gathered_model,
@@ -94,6 +96,7 @@ class StatePassingTrainer(Trainer):
         if isinstance(model, str):
             model = load_model(model)
         get_architecture(model)
+        check_trainable_placement(unwrap_model(model))
         if peft_config is not None:
             model = apply_default_lora_targets(model, peft_config)
         prepare_model(model)
@@ -260,6 +263,8 @@ class StatePassingTrainer(Trainer):
                         f"Cannot resume from {resume_from_checkpoint}: missing {missing} (not found, or interrupted "
                         f"while saving). The newest complete checkpoint there is {last}."
                     )
+            if resume_from_checkpoint:
+                check_checkpoint_sharding(self, resume_from_checkpoint)
             if resume_from_checkpoint and at_max_steps(resume_from_checkpoint, self.args.max_steps):
                 return self._finish_from(resume_from_checkpoint)
             return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)

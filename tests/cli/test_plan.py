@@ -72,3 +72,13 @@ def test_cli_plan_refuses_an_adapter_and_a_missing_model(tmp_path):
         main(["plan", "--model", str(tmp_path)])
     with pytest.raises(SystemExit, match="hf-longssm plan: error"):
         main(["plan", "--model", str(tmp_path / "missing")])
+
+
+def test_cli_plans_a_model_folder_saved_by_transformers(tmp_path, capsys):
+    # save_pretrained writes Mamba-2's time_step_limit (0, inf) as a tagged float that plain JSON does not decode
+    from tests.utils import tiny_model
+
+    tiny_model("mamba2").save_pretrained(tmp_path)
+    main(["plan", "--model", str(tmp_path), "--segment_length", "16", "--batch", "2", "--gpus", "2", "--json"])
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["num_parameters"] == sum(p.numel() for p in tiny_model("mamba2").parameters())

@@ -93,7 +93,8 @@ def test_fsdp2_mamba1_state_passing_with_activation_checkpointing_matches_ddp_on
 def test_fsdp2_bf16_mixed_precision_policy(tmp_path):
     # bf16=True under FSDP2: MixedPrecisionPolicy computes in bfloat16 over float32 shards; the carried state keeps
     # its float32 dtypes between segments. bf16 rounding: close to the float32 run, not equal.
-    options = {"model_type": "mamba2", "state_init": "state_passing", "max_steps": 2}
+    # Evaluation while training too: the weights a forward without backward leaves gathered are bfloat16.
+    options = {"model_type": "mamba2", "state_init": "state_passing", "max_steps": 2, "evaluate": True}
     fsdp = {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["Mamba2Block"]}}
     accelerate_launch("cpu_2proc.yaml", tmp_path / "fp32", {**options, "config": fsdp})
     accelerate_launch("cpu_2proc.yaml", tmp_path / "bf16", {**options, "config": {**fsdp, "bf16": True}})
@@ -102,6 +103,7 @@ def test_fsdp2_bf16_mixed_precision_policy(tmp_path):
         assert mixed["state_dtypes"] == ["torch.float32"]
         assert losses(mixed) == pytest.approx(losses(full), rel=2e-2)
         assert losses(mixed) != losses(full)  # it really ran in bfloat16
+        assert mixed["eval"][0]["eval_loss"] == pytest.approx(full["eval"][0]["eval_loss"], rel=2e-2)
 
 
 def test_fsdp1_is_refused_with_the_fsdp2_setting():

@@ -149,3 +149,30 @@ def test_a_streaming_dataset_trains_with_spawned_workers(tmp_path):
     trainer = hl.StatePassingTrainer(model=tiny_model("mamba2"), args=args, train_dataset=streaming(1))
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+def test_training_a_model_with_offloaded_weights_is_refused(tmp_path):
+    # device_map offload loads weights for each forward and drops them after it: their updates would be lost.
+    from transformers import AutoModelForCausalLM
+
+    tiny_model("mamba2").save_pretrained(tmp_path / "model")
+    device_map = {"backbone.embeddings": "cpu", "backbone.layers.0": "disk", "backbone.layers.1": "cpu",
+                  "backbone.norm_f": "cpu", "lm_head": "cpu"}  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", device_map=device_map, offload_folder=tmp_path)
+    documents = Dataset.from_dict({"input_ids": [[1] * 200]})
+    with pytest.raises(ValueError, match="offloads weights.*shard it with FSDP2"):
+        hl.StatePassingTrainer(model, config(tmp_path), train_dataset=documents)
+
+
+def test_resuming_a_checkpoint_saved_without_fsdp_under_fsdp_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_longssm.training.distributed import check_checkpoint_sharding
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "model.safetensors").touch()
+    with pytest.raises(ValueError, match="saved without FSDP"):
+        check_checkpoint_sharding(SimpleNamespace(is_fsdp_enabled=True), str(tmp_path / "checkpoint-2"))
+    check_checkpoint_sharding(SimpleNamespace(is_fsdp_enabled=False), str(tmp_path / "checkpoint-2"))  # DDP: fine
+    (tmp_path / "checkpoint-2" / "pytorch_model_fsdp_0").mkdir()
+    check_checkpoint_sharding(SimpleNamespace(is_fsdp_enabled=True), str(tmp_path / "checkpoint-2"))
