@@ -132,7 +132,7 @@ def test_a_context_shared_by_several_choices_is_read_once(mamba2_dir, monkeypatc
     calls = []
     real_prefill = harness.prefill
     monkeypatch.setattr(
-        harness, "prefill", lambda model, ids, *a: calls.append(ids.shape[1]) or real_prefill(model, ids, *a)
+        harness, "prefill", lambda model, ids, *a, **k: calls.append(ids.shape[1]) or real_prefill(model, ids, *a, **k)
     )
     first, second = TEXT * 2 + "Where is Mary?", TEXT + "Where is John?"
     choices = [" kitchen", " garden", " office", " hallway"]
