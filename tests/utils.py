@@ -77,11 +77,11 @@ def enable_checkpointing(model) -> None:
 
 # Hybrids (Mamba-2 layers with attention layers): tiny configs with a layer of each kind, segments not multiples of the
 # chunk size, grouped-query attention.
-HYBRID_TYPES = ["granitemoehybrid", "bamba", "nemotron_h"]
+HYBRID_TYPES = ["granitemoehybrid", "bamba", "nemotron_h", "jamba"]
 
 
 def tiny_hybrid_config(model_type: str, **overrides):
-    from transformers import BambaConfig, GraniteMoeHybridConfig, NemotronHConfig
+    from transformers import BambaConfig, GraniteMoeHybridConfig, JambaConfig, NemotronHConfig
 
     common = dict(
         vocab_size=64, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
@@ -103,6 +103,13 @@ def tiny_hybrid_config(model_type: str, **overrides):
             chunk_size=16, hybrid_override_pattern="M*M-",
         )  # fmt: skip
         return NemotronHConfig(**{**common, **cfg, **overrides})
+    if model_type == "jamba":  # Mamba-1 layers, attention at layer 1, experts on every other layer
+        cfg = dict(
+            num_hidden_layers=3, attn_layer_period=3, attn_layer_offset=1, expert_layer_period=2,
+            expert_layer_offset=1, num_experts=2, num_experts_per_tok=1, mamba_d_state=8, mamba_d_conv=4,
+            mamba_expand=2, mamba_dt_rank=4,
+        )  # fmt: skip
+        return JambaConfig(**{**common, **cfg, **overrides})
     raise ValueError(model_type)
 
 

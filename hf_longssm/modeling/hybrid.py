@@ -1,6 +1,7 @@
-"""What the Mamba-2 hybrids of transformers share (Bamba, GraniteMoeHybrid, Nemotron-H): layer kinds read from
+"""What the hybrids of transformers share (Bamba, GraniteMoeHybrid, Nemotron-H, Jamba): layer kinds read from
 `config.layers_block_type`, Mamba-2-like mixers with Mamba-2's attribute names (`in_proj`, `conv1d`, `A_log`, `D`,
-`dt_bias`, `norm`, `out_proj`, `n_groups`, `ssm_state_size`...), attention layers that take the cache's `update`.
+`dt_bias`, `norm`, `out_proj`, `n_groups`, `ssm_state_size`...; Jamba's are Mamba-1's), attention layers that take
+the cache's `update`.
 
 The attention of a segment with a carried state sees the carried keys (rotated at their own positions) and the
 segment's: `segment_attention_mask` is the causal mask over `[carried, segment]` that the hybrid's forward takes
@@ -65,10 +66,10 @@ def segment_attention_masks(
     mask = mask[:, None]  # (batch, 1, length, carried + length)
     if implementation == "eager":
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+    # Keyed by every name a hybrid may look its layers' masks up by (`layers_block_type` or `layer_types` values).
     masks: dict[str, torch.Tensor | None] = dict.fromkeys(config.layers_block_type)
     for block, kind in BLOCK_KINDS.items():
-        if kind == LAYER_ATTENTION:
-            masks[block] = mask
+        masks[block] = mask if kind == LAYER_ATTENTION else None
     return masks
 
 

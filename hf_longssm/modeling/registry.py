@@ -12,7 +12,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from . import bamba, falcon_mamba, granitemoehybrid, mamba, mamba2, nemotron_h
+from . import bamba, falcon_mamba, granitemoehybrid, jamba, mamba, mamba2, nemotron_h
 from .base import CACHE_ARGUMENTS, LAYER_ATTENTION, LAYER_SSM, Architecture, StateShapes
 
 
@@ -23,6 +23,7 @@ FAMILIES: tuple[Architecture, ...] = (
     granitemoehybrid.ARCHITECTURE,
     bamba.ARCHITECTURE,
     nemotron_h.ARCHITECTURE,
+    jamba.ARCHITECTURE,
 )
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
