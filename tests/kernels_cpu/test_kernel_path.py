@@ -213,7 +213,7 @@ def test_conv_widths_and_channel_counts(kernel_calls, model_type, overrides, con
     assert calls.get(f"{scan}_fwd", 0) > 0 and calls.get(f"{scan}_bwd", 0) > 0, calls
 
 
-# ----- hybrids: their Mamba layers on the kernels, their attention layers with carried keys ---------------------------
+# ----- hybrids: their Mamba layers on the kernels, their attention layers with carried keys --------------------------
 @pytest.mark.parametrize("model_type", HYBRID_TYPES)
 def test_hybrids_segmented_logits_and_gradients_through_attached_states(kernel_calls, model_type):
     model = tiny_hybrid(model_type)
