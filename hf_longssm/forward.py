@@ -14,6 +14,7 @@ from .modeling import (
     attention_layers,
     cache_argument,
     cache_kept_under_checkpointing,
+    kv_shape,
     prepare_model,
     ssm_layers,
     state_shapes,
@@ -54,6 +55,13 @@ def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype
             f"The state has batch size {state.batch_size} but input_ids has {batch_size} rows. Build a state for "
             f"this batch (CarriedState.zeros(model, {batch_size})) or select rows with state.permute(index)."
         )
+    if state.keys:
+        heads, head_dim = kv_shape(model.config)
+        if (state.keys[0].shape[1], state.keys[0].shape[3]) != (heads, head_dim):
+            raise ValueError(
+                f"The state's attention keys have {state.keys[0].shape[1]} heads of {state.keys[0].shape[3]} but the "
+                f"model's have {heads} of {head_dim}: it is another model's state."
+            )
     for layer_idx, ((conv_shape, ssm_shape), conv, ssm) in enumerate(
         zip(expected, state.conv_states, state.recurrent_states)
     ):
@@ -176,6 +184,8 @@ def forward_with_state(
         output = model(input_ids=input_ids, use_cache=False, **kwargs)
     conv, ssm = segment.final_states()
     final = state._with(conv_states=conv, recurrent_states=ssm, position=state.position + length)
+    if state.attention_state == "window" and state.attention_window is None:
+        final.attention_window = kept  # the default window (the first segment's length) stays for later segments
     if state.keys:
         final.keys, final.values = segment.final_attention()
         valid = torch.cat([valid, torch.ones(batch_size, length, dtype=torch.bool, device=valid.device)], dim=1)

@@ -267,11 +267,14 @@ class CarriedState:
             out.update({f"values.{i}": t.detach().contiguous() for i, t in enumerate(self.values)})
             out["key_valid"] = self.key_valid.contiguous()
             out["position"] = torch.tensor(self.position)
+            # the policy, as numbers (the file holds tensors only): its index in ATTENTION_STATES, the window or -1
+            window = -1 if self.attention_window is None else self.attention_window
+            out["attention_policy"] = torch.tensor([ATTENTION_STATES.index(self.attention_state), window])
         return out
 
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor], config: PretrainedConfig | None = None, **policy):
-        """The state `state_dict` holds; `policy`: `attention_state` / `attention_window` of a hybrid's."""
+        """The state `state_dict` holds; `policy` (`attention_state`, `attention_window`) replaces a saved one."""
         num_layers = sum(1 for k in state_dict if k.startswith("recurrent_states."))
         conv = [state_dict[f"conv_states.{i}"] for i in range(num_layers)]
         ssm = [state_dict[f"recurrent_states.{i}"] for i in range(num_layers)]
@@ -279,6 +282,10 @@ class CarriedState:
         keys = [state_dict[f"keys.{i}"] for i in range(num_attention)]
         values = [state_dict[f"values.{i}"] for i in range(num_attention)]
         attention = {"key_valid": state_dict["key_valid"], "position": int(state_dict["position"])} if keys else {}
+        if "attention_policy" in state_dict:  # the saved policy, unless the caller gives one
+            code, window = state_dict["attention_policy"].tolist()
+            saved = {"attention_state": ATTENTION_STATES[code], "attention_window": None if window < 0 else window}
+            policy = {**saved, **policy}
         return cls(conv, ssm, config, keys=keys, values=values, **attention, **policy)
 
     # ----- transformers' cache ----------------------------------------------------------------------------------
@@ -293,16 +300,27 @@ class CarriedState:
         Example:
             >>> _, state = forward_with_state(model, input_ids[:, :-1])
             >>> model.generate(input_ids[:, -1:], max_new_tokens=20, **{cache_argument(model): state.to_cache()})
+
+        A hybrid's cache holds keys: read `input_ids[:, :-1]` with `attention_state="full"` and pass the *whole*
+        prompt, as with transformers' own cache (`generate` feeds what the cache has not seen: the last token):
+            >>> state = CarriedState.zeros(model, 1, attention_state="full")
+            >>> _, state = forward_with_state(model, input_ids[:, :-1], state)
+            >>> model.generate(input_ids, max_new_tokens=20, **{cache_argument(model): state.to_cache()})
         """
         config = config if config is not None else self.config
         if config is None:
             raise ValueError("to_cache needs the model config: pass `config=model.config`.")
         hybrid = bool(self.keys)
-        if hybrid and (self.num_keys != self.position or not bool(self.key_valid.all())):
+        if hybrid and self.num_keys != self.position:
             raise ValueError(
                 f"This state carries {self.num_keys} of the {self.position} tokens read (attention_state="
-                f"{self.attention_state!r}, or a row restarted): transformers' cache and `generate` need every key "
-                "of the sequence. Read the prompt with attention_state='full' to continue it with generate."
+                f"{self.attention_state!r}): transformers' cache and `generate` need every key of the sequence. Read "
+                "the prompt with attention_state='full' to continue it with generate."
+            )
+        if hybrid and not bool(self.key_valid.all()):
+            raise ValueError(
+                "A row of this state restarted its document (reset): transformers' cache has no mask for the keys "
+                "before it. Continue such rows with forward_with_state, or read each row's own document alone."
             )
         cache = DynamicCache(config=config)
         for layer_idx, conv, ssm in zip(ssm_layers(config), self.conv_states, self.recurrent_states):

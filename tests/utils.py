@@ -77,11 +77,11 @@ def enable_checkpointing(model) -> None:
 
 # Hybrids (Mamba-2 layers with attention layers): tiny configs with a layer of each kind, segments not multiples of the
 # chunk size, grouped-query attention.
-HYBRID_TYPES = ["granitemoehybrid", "bamba", "nemotron_h", "jamba"]
+HYBRID_TYPES = ["granitemoehybrid", "bamba", "nemotron_h", "jamba", "falcon_h1"]
 
 
 def tiny_hybrid_config(model_type: str, **overrides):
-    from transformers import BambaConfig, GraniteMoeHybridConfig, JambaConfig, NemotronHConfig
+    from transformers import BambaConfig, FalconH1Config, GraniteMoeHybridConfig, JambaConfig, NemotronHConfig
 
     common = dict(
         vocab_size=64, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
@@ -110,6 +110,13 @@ def tiny_hybrid_config(model_type: str, **overrides):
             mamba_expand=2, mamba_dt_rank=4,
         )  # fmt: skip
         return JambaConfig(**{**common, **cfg, **overrides})
+    if model_type == "falcon_h1":  # attention and Mamba-2 side by side in both layers, muP multipliers not 1
+        cfg = dict(
+            num_hidden_layers=2, head_dim=8, mamba_d_ssm=64, mamba_n_heads=8, mamba_d_head=8, mamba_d_state=8,
+            mamba_n_groups=2, mamba_chunk_size=16, ssm_in_multiplier=0.7, ssm_multipliers=[0.8, 1.2, 0.9, 1.1, 1.3],
+            attention_in_multiplier=0.9, embedding_multiplier=1.5,
+        )  # fmt: skip
+        return FalconH1Config(**{**common, **cfg, **overrides})
     raise ValueError(model_type)
 
 

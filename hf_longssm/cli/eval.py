@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_sequences", type=positive_int, default=8)
     p.add_argument("--segment_length", type=positive_int, default=4096)
     p.add_argument(
+        "--attention_state",
+        choices=("window", "none", "full"),
+        default="window",
+        help="hybrids: keys carried between segments (window: the last --attention_window, default a segment)",
+    )
+    p.add_argument("--attention_window", type=positive_int, default=None, help="hybrids: keys kept under window")
+    p.add_argument(
         "--bucket_start",
         type=positive_int,
         default=None,
@@ -122,7 +129,9 @@ def run_task(args: argparse.Namespace, model_id: str, input_ids: torch.Tensor | 
     if args.task == "position_ppl":
         # One sequence at a time: the spread across sequences gives each bucket a 95% confidence band.
         rows = [
-            evaluation.position_perplexity(model, input_ids[i : i + 1], args.segment_length, progress=True)
+            evaluation.position_perplexity(
+                model, input_ids[i : i + 1], args.segment_length, progress=True, **attention_policy(args)
+            )
             for i in range(input_ids.shape[0])
         ]
         nll = torch.stack([r.nll for r in rows])
@@ -144,9 +153,20 @@ def run_task(args: argparse.Namespace, model_id: str, input_ids: torch.Tensor | 
     tokenizer = resolve_tokenizer(args.tokenizer, model_id)
     return {
         "cells": evaluation.passkey_retrieval(
-            model, tokenizer, args.lengths, args.depths, num_trials=args.num_trials, segment_length=args.segment_length
+            model,
+            tokenizer,
+            args.lengths,
+            args.depths,
+            num_trials=args.num_trials,
+            segment_length=args.segment_length,
+            **attention_policy(args),
         )
     }
+
+
+def attention_policy(args: argparse.Namespace) -> dict:
+    """A hybrid's attention policy from the command line (pure Mamba models carry no keys: it changes nothing)."""
+    return {"attention_state": args.attention_state, "attention_window": args.attention_window}
 
 
 def main(argv: list[str] | None = None) -> Path:

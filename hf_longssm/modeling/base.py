@@ -34,14 +34,14 @@ class Architecture:
     lora_target_modules: tuple[str, ...]
     state_shapes: Callable[[PretrainedConfig], StateShapes]
     stateful_mixers: dict[type, type] = field(default_factory=dict)
-    # Hybrids: what each layer holds, `LAYER_SSM` (conv window + SSM state), `LAYER_ATTENTION` (keys and values) or
-    # `LAYER_NONE` (an MLP, MoE...). Pure families: every layer an SSM layer.
+    # Hybrids: what each layer holds, `LAYER_SSM` (conv window + SSM state), `LAYER_ATTENTION` (keys and values),
+    # `LAYER_BOTH` (both side by side, Falcon-H1) or `LAYER_NONE` (an MLP, MoE...). Pure families: all `LAYER_SSM`.
     layer_kinds: Callable[[PretrainedConfig], list[str]] | None = None
     # Attention layers' `(num_key_value_heads, head_dim)` (hybrids only).
     kv_shape: Callable[[PretrainedConfig], tuple[int, int]] | None = None
 
 
-LAYER_SSM, LAYER_ATTENTION, LAYER_NONE = "ssm", "attention", "none"
+LAYER_SSM, LAYER_ATTENTION, LAYER_BOTH, LAYER_NONE = "ssm", "attention", "ssm+attention", "none"
 
 
 class SegmentStates:

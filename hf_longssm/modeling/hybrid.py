@@ -1,5 +1,5 @@
-"""What the hybrids of transformers share (Bamba, GraniteMoeHybrid, Nemotron-H, Jamba): layer kinds read from
-`config.layers_block_type`, Mamba-2-like mixers with Mamba-2's attribute names (`in_proj`, `conv1d`, `A_log`, `D`,
+"""What the hybrids of transformers share (Bamba, GraniteMoeHybrid, Nemotron-H, Jamba, Falcon-H1): layer kinds read
+from `config.layers_block_type`, Mamba-2-like mixers with Mamba-2's attribute names (`in_proj`, `conv1d`, `A_log`, `D`,
 `dt_bias`, `norm`, `out_proj`, `n_groups`, `ssm_state_size`...; Jamba's are Mamba-1's), attention layers that take
 the cache's `update`.
 
@@ -14,7 +14,7 @@ import torch
 from transformers import PretrainedConfig
 from transformers.integrations.accelerate import force_accelerate_hooks
 
-from .base import LAYER_ATTENTION, LAYER_NONE, LAYER_SSM, StatefulMixerMixin, StateShapes
+from .base import LAYER_ATTENTION, LAYER_BOTH, LAYER_NONE, LAYER_SSM, StatefulMixerMixin, StateShapes
 from .mamba2 import mamba2_mixer_forward_with_state
 
 
@@ -24,6 +24,7 @@ BLOCK_KINDS = {
     "mamba": LAYER_SSM,
     "full_attention": LAYER_ATTENTION,
     "attention": LAYER_ATTENTION,
+    "hybrid": LAYER_BOTH,  # Falcon-H1: attention and Mamba-2 side by side
 }
 
 

@@ -37,8 +37,9 @@ def mamba2_mixer_forward_with_state(
     dtype = hidden_states.dtype
     groups_time_state = mixer.n_groups * mixer.ssm_state_size
 
-    # 1. Gated MLP's linear projection
-    projected_states = mixer.in_proj(hidden_states)
+    # 1. Gated MLP's linear projection (a family may scale it: Falcon-H1's muP multipliers)
+    project = getattr(mixer, "project_segment_inputs", None)
+    projected_states = project(hidden_states) if project is not None else mixer.in_proj(hidden_states)
     gate, hidden_states_B_C, dt = projected_states.split(
         [mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1
     )
@@ -70,7 +71,8 @@ def mamba2_mixer_forward_with_state(
     )
 
     # 4. Gated norm and final linear projection
-    scan_output = mixer.norm(y.reshape(batch, seq_len, -1), gate)
+    gated_norm = getattr(mixer, "gated_norm", mixer.norm)
+    scan_output = gated_norm(y.reshape(batch, seq_len, -1), gate)
     contextualized_states = mixer.out_proj(scan_output.to(dtype))
     return contextualized_states, conv_state, ssm_state
 

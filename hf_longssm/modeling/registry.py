@@ -12,8 +12,8 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from . import bamba, falcon_mamba, granitemoehybrid, jamba, mamba, mamba2, nemotron_h
-from .base import CACHE_ARGUMENTS, LAYER_ATTENTION, LAYER_SSM, Architecture, StateShapes
+from . import bamba, falcon_h1, falcon_mamba, granitemoehybrid, jamba, mamba, mamba2, nemotron_h
+from .base import CACHE_ARGUMENTS, LAYER_ATTENTION, LAYER_BOTH, LAYER_SSM, Architecture, StateShapes
 
 
 FAMILIES: tuple[Architecture, ...] = (
@@ -24,6 +24,7 @@ FAMILIES: tuple[Architecture, ...] = (
     bamba.ARCHITECTURE,
     nemotron_h.ARCHITECTURE,
     jamba.ARCHITECTURE,
+    falcon_h1.ARCHITECTURE,
 )
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
@@ -69,7 +70,7 @@ def get_architecture(model_or_config: torch.nn.Module | PretrainedConfig | str) 
 
 
 def layer_kinds(config: PretrainedConfig) -> list[str]:
-    """Per layer, what it holds: `"ssm"` (conv window and SSM state), `"attention"` (keys, values) or `"none"`."""
+    """Per layer, what it holds: `"ssm"` (conv window and SSM state), `"attention"` (keys, values), both or none."""
     architecture = get_architecture(config)
     if architecture.layer_kinds is None:
         return [LAYER_SSM] * config.num_hidden_layers
@@ -78,12 +79,12 @@ def layer_kinds(config: PretrainedConfig) -> list[str]:
 
 def ssm_layers(config: PretrainedConfig) -> list[int]:
     """The `layer_idx` of every layer with an SSM state, in order (all layers of a pure family)."""
-    return [i for i, kind in enumerate(layer_kinds(config)) if kind == LAYER_SSM]
+    return [i for i, kind in enumerate(layer_kinds(config)) if kind in (LAYER_SSM, LAYER_BOTH)]
 
 
 def attention_layers(config: PretrainedConfig) -> list[int]:
     """The `layer_idx` of every attention layer of a hybrid (none in a pure family)."""
-    return [i for i, kind in enumerate(layer_kinds(config)) if kind == LAYER_ATTENTION]
+    return [i for i, kind in enumerate(layer_kinds(config)) if kind in (LAYER_ATTENTION, LAYER_BOTH)]
 
 
 def kv_shape(config: PretrainedConfig) -> tuple[int, int]:

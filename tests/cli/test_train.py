@@ -137,3 +137,26 @@ def test_a_run_resumes_from_the_last_checkpoint_in_output_dir(tmp_path, monkeypa
     trainer = train.main(tiny_run_args(tmp_path, max_steps=3))
     assert resumed_from == [str(tmp_path / "run" / "checkpoint-2")]
     assert trainer.state.global_step == 3
+
+
+@pytest.mark.parametrize("model_type", ["granitemoehybrid", "falcon_h1"])
+def test_a_hybrid_post_trains_and_evaluates_from_the_command_line(tmp_path, model_type):
+    from hf_longssm.cli.eval import main as eval_main
+    from tests.utils import tiny_hybrid_config
+
+    args = tiny_run_args(tmp_path, max_steps=2)
+    spec = tiny_hybrid_config(model_type, vocab_size=257).to_dict()
+    args[args.index("--model_config") + 1] = json.dumps(spec)
+    trainer = train.main([*args, "--state_init", "tbtt", "--attention_state", "full"])
+    out = tmp_path / "run"
+    assert trainer.intervention.carried.num_keys == 2 * 16  # every key of the two segments
+    assert load_model(str(out)).config.model_type == model_type
+    doc = tmp_path / "play.txt"
+    results = {}
+    for policy in ("full", "window"):
+        eval_args = ["--model", str(out), "--task", "position_ppl", "--data", str(doc), "--length", "300",
+                     "--segment_length", "64", "--attention_state", policy]  # fmt: skip
+        payload = json.loads(eval_main([*eval_args, "--output_dir", str(tmp_path / policy)]).read_text())
+        results[policy] = payload["results"]
+        assert payload["command"].endswith(f"--attention_state {policy} --output_dir {tmp_path / policy}")
+    assert results["full"] != results["window"]  # the policy reached the evaluation

@@ -120,3 +120,43 @@ def test_to_cache_lets_generate_continue_the_prompt(model_type):
     _, windowed = run_segments(model, prompt, [12, 18], hl.CarriedState.zeros(model, 1))
     with pytest.raises(ValueError, match="attention_state='full'"):
         windowed.to_cache()
+
+
+@pytest.mark.parametrize("model_type", HYBRID_TYPES)
+def test_one_token_decoding_after_a_default_prefill_keeps_the_window(model_type):
+    # The default window is the first segment's length, kept for every later segment (one-token ones included).
+    model = tiny_hybrid(model_type).eval()
+    ids = torch.randint(1, 64, (1, 32))
+
+    def decode(state):
+        out, state = hl.forward_with_state(model, ids[:, :24], state)
+        steps = [out.logits]
+        for t in range(24, 32):
+            out, state = hl.forward_with_state(model, ids[:, t : t + 1], state)
+            steps.append(out.logits)
+        return torch.cat(steps, 1), state
+
+    with torch.no_grad():
+        reference = model(ids).logits
+        default, state = decode(None)
+        explicit, _ = decode(hl.CarriedState.zeros(model, 1, attention_window=24))
+    assert state.attention_window == 24 and state.num_keys == 24  # not one key per one-token step
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    torch.testing.assert_close(default[:, :25], reference[:, :25], rtol=1e-4, atol=1e-4)  # all keys in the window
+
+
+def test_a_saved_state_keeps_its_attention_policy_and_a_foreign_one_is_refused():
+    model = tiny_hybrid("granitemoehybrid").eval()
+    ids = torch.randint(1, 64, (2, 20))
+    with torch.no_grad():
+        _, state = hl.forward_with_state(model, ids[:, :16], full_state(model, 2))
+    loaded = hl.CarriedState.from_state_dict(state.state_dict(), model.config)
+    assert (loaded.attention_state, loaded.attention_window) == ("full", None)
+    with torch.no_grad():
+        _, after = hl.forward_with_state(model, ids[:, 16:], loaded)
+    assert after.num_keys == 20
+    windowed = hl.CarriedState.from_state_dict(state.state_dict(), model.config, attention_state="window")
+    assert windowed.attention_state == "window"
+    other = tiny_hybrid("granitemoehybrid", num_key_value_heads=1).eval()
+    with pytest.raises(ValueError, match="attention keys have 2 heads of 8 but the model's have 1 of 8"):
+        hl.forward_with_state(other, ids[:, 16:], state)

@@ -26,8 +26,8 @@ def test_unsupported_model_names_supported_types():
 def test_registry_collects_each_family_once_by_model_type():
     assert sorted(SUPPORTED_ARCHITECTURES) == sorted(MODEL_TYPES + HYBRID_TYPES)
     names = {get_architecture(t).display_name for t in MODEL_TYPES + HYBRID_TYPES}
-    assert names == {"Mamba", "FalconMamba", "Mamba-2", "Granite 4.0-H", "Bamba", "Nemotron-H", "Jamba"}
-    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 7
+    assert names == {"Mamba", "FalconMamba", "Mamba-2", "Granite 4.0-H", "Bamba", "Nemotron-H", "Jamba", "Falcon-H1"}
+    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 8
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
