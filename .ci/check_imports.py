@@ -37,6 +37,7 @@ LAYERS = {
     "hf_longssm.modeling.nemotron_h": 0.26,
     "hf_longssm.modeling.jamba": 0.26,
     "hf_longssm.modeling.falcon_h1": 0.26,
+    "hf_longssm.modeling.zamba2": 0.26,
     "hf_longssm.modeling.registry": 0.3,
     "hf_longssm.modeling": 0.4,
     "hf_longssm.state": 1,

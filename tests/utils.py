@@ -77,11 +77,18 @@ def enable_checkpointing(model) -> None:
 
 # Hybrids (Mamba-2 layers with attention layers): tiny configs with a layer of each kind, segments not multiples of the
 # chunk size, grouped-query attention.
-HYBRID_TYPES = ["granitemoehybrid", "bamba", "nemotron_h", "jamba", "falcon_h1"]
+HYBRID_TYPES = ["granitemoehybrid", "bamba", "nemotron_h", "zamba2", "falcon_h1", "jamba"]
 
 
 def tiny_hybrid_config(model_type: str, **overrides):
-    from transformers import BambaConfig, FalconH1Config, GraniteMoeHybridConfig, JambaConfig, NemotronHConfig
+    from transformers import (
+        BambaConfig,
+        FalconH1Config,
+        GraniteMoeHybridConfig,
+        JambaConfig,
+        NemotronHConfig,
+        Zamba2Config,
+    )
 
     common = dict(
         vocab_size=64, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
@@ -117,6 +124,13 @@ def tiny_hybrid_config(model_type: str, **overrides):
             attention_in_multiplier=0.9, embedding_multiplier=1.5,
         )  # fmt: skip
         return FalconH1Config(**{**common, **cfg, **overrides})
+    if model_type == "zamba2":  # one shared attention block (LoRA adapters per use) at layers 1 and 3
+        cfg = dict(
+            num_hidden_layers=4, layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], n_mamba_heads=8,
+            mamba_headdim=8, mamba_d_state=8, mamba_ngroups=2, chunk_size=16, mamba_expand=2, adapter_rank=4,
+            num_mem_blocks=1, use_mem_rope=True,
+        )  # fmt: skip
+        return Zamba2Config(**{**common, **cfg, **overrides})
     raise ValueError(model_type)
 
 

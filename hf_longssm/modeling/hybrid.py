@@ -1,7 +1,7 @@
-"""What the hybrids of transformers share (Bamba, GraniteMoeHybrid, Nemotron-H, Jamba, Falcon-H1): layer kinds read
-from `config.layers_block_type`, Mamba-2-like mixers with Mamba-2's attribute names (`in_proj`, `conv1d`, `A_log`, `D`,
-`dt_bias`, `norm`, `out_proj`, `n_groups`, `ssm_state_size`...; Jamba's are Mamba-1's), attention layers that take
-the cache's `update`.
+"""What the hybrids of transformers share (GraniteMoeHybrid, Bamba, Nemotron-H, Zamba2, Falcon-H1, Jamba): layer
+kinds read from `config.layers_block_type`, Mamba-2-like mixers with Mamba-2's attribute names (`in_proj`, `conv1d`,
+`A_log`, `D`, `dt_bias`, `norm`, `out_proj`, `n_groups`, `ssm_state_size`...; Jamba's are Mamba-1's), attention
+layers that take the cache's `update`.
 
 The attention of a segment with a carried state sees the carried keys (rotated at their own positions) and the
 segment's: `segment_attention_mask` is the causal mask over `[carried, segment]` that the hybrid's forward takes
@@ -24,7 +24,7 @@ BLOCK_KINDS = {
     "mamba": LAYER_SSM,
     "full_attention": LAYER_ATTENTION,
     "attention": LAYER_ATTENTION,
-    "hybrid": LAYER_BOTH,  # Falcon-H1: attention and Mamba-2 side by side
+    "hybrid": LAYER_BOTH,  # Falcon-H1: attention and Mamba-2 side by side; Zamba2: shared attention, then Mamba-2
 }
 
 

@@ -12,7 +12,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from . import bamba, falcon_h1, falcon_mamba, granitemoehybrid, jamba, mamba, mamba2, nemotron_h
+from . import bamba, falcon_h1, falcon_mamba, granitemoehybrid, jamba, mamba, mamba2, nemotron_h, zamba2
 from .base import CACHE_ARGUMENTS, LAYER_ATTENTION, LAYER_BOTH, LAYER_SSM, Architecture, StateShapes
 
 
@@ -25,6 +25,7 @@ FAMILIES: tuple[Architecture, ...] = (
     nemotron_h.ARCHITECTURE,
     jamba.ARCHITECTURE,
     falcon_h1.ARCHITECTURE,
+    zamba2.ARCHITECTURE,
 )
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
