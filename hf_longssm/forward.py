@@ -175,6 +175,11 @@ def forward_with_state(
     )
     kwargs[cache_argument(base)] = segment
     if state.keys:  # a hybrid: its attention sees [carried keys, segment], at the positions that follow
+        if kwargs.get("position_ids") is not None:
+            raise ValueError(
+                "position_ids with a hybrid's carried state: each segment runs at the positions after the tokens the "
+                "state has read (state.position). Drop position_ids."
+            )
         valid = state.key_valid.to(reference.device)
         kwargs["attention_mask"] = segment_attention_masks(base.config, valid, length, dtype)
         kwargs["position_ids"] = torch.arange(state.position, state.position + length, device=reference.device)[None]

@@ -157,6 +157,8 @@ def test_a_saved_state_keeps_its_attention_policy_and_a_foreign_one_is_refused()
     assert after.num_keys == 20
     windowed = hl.CarriedState.from_state_dict(state.state_dict(), model.config, attention_state="window")
     assert windowed.attention_state == "window"
+    with pytest.raises(ValueError, match="Drop position_ids"):
+        hl.forward_with_state(model, ids[:, 16:], state, position_ids=torch.arange(4)[None])
     other = tiny_hybrid("granitemoehybrid", num_key_value_heads=1).eval()
     with pytest.raises(ValueError, match="attention keys have 2 heads of 8 but the model's have 1 of 8"):
         hl.forward_with_state(other, ids[:, 16:], state)
