@@ -78,6 +78,7 @@ def render_model_card(
     plot: str | None = None,
     dataset_name: str = "held-out text",
     adapter: bool = False,
+    attention: str | None = None,
 ) -> ModelCard:
     """A `huggingface_hub.ModelCard` with front matter (tags, base_model, model-index) and the standard body.
 
@@ -89,6 +90,8 @@ def render_model_card(
         license (`str`, *optional*): the card's licence; omitted when unknown (`base_model_license` reads the base
             model's), never guessed.
         datasets (`list[str]`, *optional*): Hub dataset ids; anything else (a local path) is left out.
+        attention (`str`, *optional*): a hybrid's attention policy while training (e.g. `"window (2048)"`), which a
+            user should evaluate it with.
     """
     if state_init not in METHODS:
         raise ValueError(f"Unknown state_init {state_init!r}.")
@@ -138,6 +141,7 @@ def render_model_card(
         plot=plot,
         versions=_framework_versions(),
         adapter=adapter,
+        extra_settings=f"| attention_state | `{attention}` |" if attention else None,
     )
 
 

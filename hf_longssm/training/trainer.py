@@ -20,7 +20,14 @@ from ..evaluation.text import documents_to_input_ids
 from ..forward import check_token_ids, forward_with_state
 from ..hub import base_model_license, drop_peft_local_card, hub_id, render_model_card, results_table
 from ..loading import load_model, mamba_ssm_vocab_size
-from ..modeling import get_architecture, kernel_availability, prepare_model, ssm_layers, unwrap_model
+from ..modeling import (
+    attention_layers,
+    get_architecture,
+    kernel_availability,
+    prepare_model,
+    ssm_layers,
+    unwrap_model,
+)
 from ..sources import is_offline
 from .callbacks import EvalPlotCallback
 from .checkpoints import (
@@ -54,6 +61,12 @@ from .output_lock import hold_output_dir
 
 
 logger = logging.get_logger(__name__)
+
+
+def attention_setting(args: StatePassingConfig) -> str:
+    """A hybrid's attention policy as its card states it: `"window (2048 keys)"`, `"none"` or `"full"`."""
+    window = f" ({args.attention_window or args.segment_length} keys)" if args.attention_state == "window" else ""
+    return args.attention_state + window
 
 
 class StatePassingTrainer(Trainer):
@@ -415,5 +428,6 @@ class StatePassingTrainer(Trainer):
             results=results,
             table=table,
             plot=plot,
+            attention=attention_setting(args) if attention_layers(config) else None,
         )
         card.save(os.path.join(args.output_dir, "README.md"))

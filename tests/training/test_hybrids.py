@@ -55,12 +55,15 @@ def test_every_state_init_trains_a_hybrid(tmp_path, state_init):
         assert carried.num_keys == 16
 
 
-def test_full_attention_state_keeps_every_key_and_none_keeps_none(tmp_path):
+def test_full_attention_state_keeps_every_key_and_none_keeps_none_and_the_card_says_so(tmp_path):
     for policy, expected in (("full", 3 * 16), ("none", 0)):
         args = config(tmp_path, policy, state_init="tbtt", max_steps=3, attention_state=policy)
         trainer = hl.StatePassingTrainer(tiny_hybrid("nemotron_h"), args, train_dataset=DOCUMENTS)
         trainer.train()
         assert trainer.intervention.carried.num_keys == expected
+        trainer.create_model_card()
+        card = (tmp_path / policy / "README.md").read_text()
+        assert f"| attention_state | `{policy}` |" in card and "Nemotron-H" in card
 
 
 def test_lora_targets_the_mamba_and_attention_projections(tmp_path):
