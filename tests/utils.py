@@ -67,12 +67,13 @@ def run_segments(model, ids, sizes, state=None, **kwargs):
     return torch.cat(logits, dim=1), state
 
 
-def enable_checkpointing(model) -> None:
-    """Activation (gradient) checkpointing under the name the installed transformers does not deprecate."""
+def enable_checkpointing(model, **checkpoint_kwargs) -> None:
+    """Activation (gradient) checkpointing under the name the installed transformers does not deprecate;
+    `checkpoint_kwargs` go to `torch.utils.checkpoint` (`use_reentrant=...`)."""
     if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable()
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs or None)
     else:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs or None)
 
 
 # Hybrids (Mamba-2 layers with attention layers): tiny configs with a layer of each kind, segments not multiples of the

@@ -172,7 +172,10 @@ def attention_policy(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> Path:
     """Run `hf-longssm eval` and return the path of the results JSON."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.task not in ("position_ppl", "passkey") and (args.attention_state != "window" or args.attention_window):
+        parser.error(f"--attention_state / --attention_window apply to position_ppl and passkey, not {args.task}.")
     if args.train_context is None:
         args.train_context = card_train_context(args.model[0])
     if args.bucket_start is None:

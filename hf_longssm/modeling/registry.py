@@ -178,6 +178,17 @@ def cache_kept_under_checkpointing(model: torch.nn.Module) -> Iterator[None]:
     Only `forward_with_state`'s own call sets it, per instance, so transformers' caches keep their rule.
     """
     layers = [m for m in unwrap_model(model).modules() if isinstance(m, GradientCheckpointingLayer)]
+    nested = any(inner is not layer and inner in layers for layer in layers for inner in layer.modules())
+    reentrant = any(getattr(getattr(layer, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")
+                    for layer in layers)  # fmt: skip
+    if nested and reentrant:
+        # A checkpointed layer inside another (Zamba2's hybrid layers) is called again by the reentrant backward,
+        # after this block has ended: transformers would drop its cache then, and the replay run from a zero state.
+        raise ValueError(
+            f"{type(unwrap_model(model)).__name__} nests checkpointed layers, and reentrant checkpointing replays "
+            "them without the carried state. Use activation_checkpointing_kwargs={'use_reentrant': False} (the "
+            "default), or turn activation checkpointing off."
+        )
     before = [vars(layer).get("_can_checkpoint_with_cache") for layer in layers]
     for layer in layers:
         layer._can_checkpoint_with_cache = True

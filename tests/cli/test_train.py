@@ -160,3 +160,5 @@ def test_a_hybrid_post_trains_and_evaluates_from_the_command_line(tmp_path, mode
         results[policy] = payload["results"]
         assert payload["command"].endswith(f"--attention_state {policy} --output_dir {tmp_path / policy}")
     assert results["full"] != results["window"]  # the policy reached the evaluation
+    with pytest.raises(SystemExit):  # a task that would ignore it refuses it
+        eval_main(["--model", str(out), "--task", "effrem", "--data", str(doc), "--attention_state", "full"])

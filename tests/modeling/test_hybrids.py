@@ -162,3 +162,17 @@ def test_a_saved_state_keeps_its_attention_policy_and_a_foreign_one_is_refused()
     other = tiny_hybrid("granitemoehybrid", num_key_value_heads=1).eval()
     with pytest.raises(ValueError, match="attention keys have 2 heads of 8 but the model's have 1 of 8"):
         hl.forward_with_state(other, ids[:, 16:], state)
+
+
+def test_reentrant_checkpointing_of_nested_layers_is_refused_not_run_from_zero():
+    # Zamba2's hybrid layers hold a checkpointed Mamba layer: a reentrant backward would replay it without the state.
+    from tests.utils import enable_checkpointing
+
+    model = tiny_hybrid("zamba2").train()
+    ids = torch.randint(1, 64, (2, 20))
+    enable_checkpointing(model)  # non-reentrant (transformers' default): exact
+    out, _ = hl.forward_with_state(model, ids, shift_labels=ids)
+    assert torch.isfinite(out.loss)
+    enable_checkpointing(model, use_reentrant=True)
+    with pytest.raises(ValueError, match="use_reentrant': False"):
+        hl.forward_with_state(model, ids, shift_labels=ids)
