@@ -2,7 +2,7 @@
 the same losses step by step, the carried state whole on each process, and exact resumes from sharded checkpoints.
 
 The DDP reference of the Mamba-1 test runs as two "nodes" of one process each (torchrun `--nnodes 2` on localhost),
-the multi-node path of recipes/README.md.
+the multi-node path of docs/scale_out.md.
 """
 
 import pytest
