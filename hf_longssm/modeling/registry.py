@@ -178,7 +178,8 @@ def cache_kept_under_checkpointing(model: torch.nn.Module) -> Iterator[None]:
     Only `forward_with_state`'s own call sets it, per instance, so transformers' caches keep their rule.
     """
     layers = [m for m in unwrap_model(model).modules() if isinstance(m, GradientCheckpointingLayer)]
-    nested = any(inner is not layer and inner in layers for layer in layers for inner in layer.modules())
+    ids = {id(layer) for layer in layers}
+    nested = any(id(inner) in ids for layer in layers for inner in layer.modules() if inner is not layer)
     reentrant = any(getattr(getattr(layer, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")
                     for layer in layers)  # fmt: skip
     if nested and reentrant:
