@@ -45,6 +45,7 @@ from transformers import (
 )
 
 from .corpus import neox_tokenizer
+from .extension import CONFIG_KEY, EXTENSION_FILE, install_extension, read_extension
 from .files import load_torch_file
 from .mamba_ssm_format import check_state_dict, is_mamba_ssm_config, to_transformers_config, to_transformers_state_dict
 from .modeling import get_architecture
@@ -114,9 +115,25 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
     config = json.loads(config_file.read_text())
     if not is_mamba_ssm_config(config):
         get_architecture(config.get("model_type"))  # a clear error for another family, before loading weights
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)
+        extension = _extension_file(name_or_path, config, download)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)
+        return install_extension(model, read_extension(extension)) if extension is not None else model
     rest = {k: v for k, v in from_pretrained_kwargs.items() if k not in DOWNLOAD_KWARGS}
     return _load_mamba_ssm(name_or_path, config, download, **rest)
+
+
+def _extension_file(name_or_path, config: dict, download: dict) -> Path | None:
+    """The training-free length extension a saved model names in its config (`hf_longssm.extension`), or `None`."""
+    if CONFIG_KEY not in config:
+        return None
+    path = fetch_file(name_or_path, EXTENSION_FILE, download, required=False)
+    if path is None:
+        raise FileNotFoundError(
+            f"{name_or_path}'s config.json names a length extension ({config[CONFIG_KEY].get('method')}) but "
+            f"{EXTENSION_FILE} is not there: copy it from where the model was extended (`hf-longssm extend` writes "
+            f"both), or delete the `{CONFIG_KEY}` entry from config.json to load the model without it."
+        )
+    return path
 
 
 def _load_mamba_ssm(name_or_path, config: dict, download: dict, dtype: Any = None, **kwargs: Any) -> PreTrainedModel:

@@ -11,12 +11,13 @@ import sys
 from types import ModuleType
 
 from ..training.output_lock import OutputDirInUseError
-from . import convert, demo, eval, lm_eval, plan, push, train
+from . import convert, demo, eval, extend, lm_eval, plan, push, train
 
 
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
     "eval": eval,
+    "extend": extend,
     "demo": demo,
     "convert": convert,
     "lm-eval": lm_eval,

@@ -10,6 +10,7 @@ overwritten: a numbered name is used) and PNG plots; several models go into one 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import shlex
@@ -21,6 +22,7 @@ import torch
 from .. import evaluation
 from ..evaluation.plots import plot_eval
 from ..evaluation.text import documents_to_input_ids
+from ..extension import CONFIG_KEY
 from ..hub import results_table
 from ..loading import model_config_file, resolve_model, resolve_tokenizer
 from ..sources import OFFLINE_SHAKESPEARE, get_source
@@ -99,21 +101,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def eval_source(data: list[str]):
+    """The `DataSource` of `--data`: local files (each one document, whatever its extension) or one dataset name."""
+    missing = [d for d in data if not Path(d).is_file()]
+    if not missing:
+        return get_source(data_files=data, file_format="text")
+    if len(data) == 1:
+        return get_source(dataset_name=data[0])
+    raise ValueError(f"--data takes local files or one dataset name; not files: {missing}.")
+
+
 def load_eval_documents(data: list[str], split: str | None = None):
-    """The documents of `--data`: local files (each one document, whatever its extension) or one dataset name.
+    """The documents of `--data` (see `eval_source`).
 
     Args:
         data (`list[str]`): file paths, or one dataset name (a Hub id, streamed, or an offline corpus).
         split (`str`, *optional*): the dataset's split; defaults to the source's evaluation split.
     """
-    missing = [d for d in data if not Path(d).is_file()]
-    if not missing:
-        source = get_source(data_files=data, file_format="text")
-    elif len(data) == 1:
-        source = get_source(dataset_name=data[0])
-    else:
-        raise ValueError(f"--data takes local files or one dataset name; not files: {missing}.")
+    source = eval_source(data)
     return source.load(split=split or source.eval_split, streaming=True)
+
+
+def check_not_calibration_data(model_id: str, data: list[str], split: str) -> None:
+    """Refuse to evaluate a model with a training-free length extension on the text it was calibrated on."""
+    config = json.loads(model_config_file(model_id).read_text())
+    calibration = (config.get(CONFIG_KEY) or {}).get("calibration_data")
+    if calibration and calibration.get("data") == list(data) and calibration.get("split") == split:
+        raise ValueError(
+            f"{model_id}'s length extension was calibrated on {data} (split {split!r}), the text asked to evaluate "
+            "on: its scores would be inflated. Evaluate on other text (--data, --split)."
+        )
 
 
 def card_train_context(model_id: str) -> int | None:
@@ -186,6 +203,9 @@ def main(argv: list[str] | None = None) -> Path:
         model_config_file(model_id)
     input_ids = None
     if args.task != "passkey":
+        split = args.split or eval_source(args.data).eval_split
+        for model_id in args.model:
+            check_not_calibration_data(model_id, args.data, split)
         tokenizer = resolve_tokenizer(args.tokenizer, args.model[0])
         documents = load_eval_documents(args.data, args.split)
         input_ids = documents_to_input_ids(documents, tokenizer, args.length, args.num_sequences)

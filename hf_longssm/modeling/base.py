@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PretrainedConfig
 
+from .delta import refuse_plain_forward
+
 
 StateShapes = tuple[tuple[int, ...], tuple[int, ...]]
 
@@ -149,6 +151,7 @@ class StatefulMixerMixin:
         segment = segment_states_in(args, kwargs)
         if segment is not None:
             return segment.run_layer(self, hidden_states)
+        refuse_plain_forward(self)  # a length extension lives in the segment forward only
         return super().forward(hidden_states, *args, **kwargs)
 
 

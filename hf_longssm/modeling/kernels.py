@@ -258,11 +258,14 @@ def _zero_start_scan_with_final_state_gradient(
     return y, attach_final_state_gradient(last_state, u, delta, A, B, delta_bias, delta_softplus)
 
 
-def selective_scan_with_state(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mamba-1 scan from `initial_state` (softplus on `delta + delta_bias`): mamba-ssm's CUDA scan plus the exact
-    correction on CUDA when available, the chunked torch scan otherwise (layouts of `selective_scan_ref`)."""
+def selective_scan_with_state(
+    u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-1 scan from `initial_state` (softplus on `delta + delta_bias` unless `delta_softplus=False`: a Δ already
+    discretized): mamba-ssm's CUDA scan plus the exact correction on CUDA when available, the chunked torch scan
+    otherwise (layouts of `selective_scan_ref`)."""
     if use_reference():
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, True, initial_state)
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     selective_scan_fn = kernel("selective_scan_fn", u)
     if selective_scan_fn is not None:
         report_path("Mamba-1 selective scan", "mamba-ssm selective_scan_fn + initial-state correction")
@@ -276,20 +279,22 @@ def selective_scan_with_state(u, delta, A, B, C, D, z, delta_bias, initial_state
             D,
             z,
             delta_bias,
-            True,
+            delta_softplus,
             initial_state,
         )
     report_path("Mamba-1 selective scan", "chunked torch", u)
-    return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, True, initial_state)
+    return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
 
 
 def ssd_scan_with_state(
-    x, dt, A, B, C, *, chunk_size, D, dt_bias, dt_limit, initial_states
+    x, dt, A, B, C, *, chunk_size, D, dt_bias, dt_limit, initial_states, dt_softplus: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mamba-2 scan from `initial_states` (softplus on `dt + dt_bias`, clamped to `dt_limit`): mamba-ssm's
-    `mamba_chunk_scan_combined` on CUDA when available, `ssd_chunk_scan` otherwise (layouts of `ssd_scan_ref`)."""
+    """Mamba-2 scan from `initial_states` (softplus on `dt + dt_bias` unless `dt_softplus=False`, clamped to
+    `dt_limit`): mamba-ssm's `mamba_chunk_scan_combined` on CUDA when available, `ssd_chunk_scan` otherwise (layouts
+    of `ssd_scan_ref`)."""
     if use_reference():
-        return ssd_scan_ref(x, discretize(dt, dt_bias, True, dt_limit), A, B, C, D=D, initial_states=initial_states)
+        dt = discretize(dt, dt_bias, dt_softplus, dt_limit)
+        return ssd_scan_ref(x, dt, A, B, C, D=D, initial_states=initial_states)
     mamba_chunk_scan_combined = kernel("mamba_chunk_scan_combined", x)
     if mamba_chunk_scan_combined is not None:
         if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -309,10 +314,10 @@ def ssd_scan_with_state(
             z=None,
             dt_bias=dt_bias,
             initial_states=initial_states.float(),
-            dt_softplus=True,
+            dt_softplus=dt_softplus,
             dt_limit=tuple(dt_limit),
             return_final_states=True,
         )
     report_path("Mamba-2 chunk scan", "chunked torch", x)
-    dt = discretize(dt, dt_bias, True, dt_limit)
+    dt = discretize(dt, dt_bias, dt_softplus, dt_limit)
     return ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_states)

@@ -12,7 +12,9 @@ from transformers.integrations.accelerate import force_accelerate_hooks
 from transformers.models.mamba.modeling_mamba import MambaMixer
 
 from .base import Architecture, StatefulMixerMixin, StateShapes
+from .delta import get_delta_transform
 from .kernels import causal_conv1d_with_state, selective_scan_with_state
+from .ops import discretize
 
 
 def mamba_state_shapes(config: PretrainedConfig) -> StateShapes:
@@ -45,6 +47,11 @@ def mamba_mixer_forward_with_state(
     time_step, B, C = mixer.normalize_ssm_inputs(time_step, B, C)
     time_step = mixer.dt_proj.weight @ time_step.transpose(1, 2)  # (b, d, l), bias added in the scan
     A = -torch.exp(mixer.A_log.float())
+    delta_bias, delta_softplus = mixer.dt_proj.bias.float(), True
+    transform = get_delta_transform(mixer)
+    if transform is not None:  # a length extension (`delta.py`): Δ discretized here, transformed, used as it is
+        time_step = transform(discretize(time_step, delta_bias[:, None]), channel_dim=1)
+        delta_bias, delta_softplus = None, False
 
     # 4. Selective scan from the carried SSM state
     scan_output, ssm_state = selective_scan_with_state(
@@ -55,8 +62,9 @@ def mamba_mixer_forward_with_state(
         C.transpose(1, 2),
         mixer.D.float(),
         gate,
-        mixer.dt_proj.bias.float(),
+        delta_bias,
         ssm_state,
+        delta_softplus=delta_softplus,
     )
 
     # 5. Final linear projection

@@ -12,7 +12,9 @@ from transformers.integrations.accelerate import force_accelerate_hooks
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
 from .base import Architecture, StatefulMixerMixin, StateShapes
+from .delta import get_delta_transform
 from .kernels import causal_conv1d_with_state, ssd_scan_with_state
+from .ops import discretize
 
 
 def mamba2_state_shapes(config: PretrainedConfig) -> StateShapes:
@@ -55,6 +57,11 @@ def mamba2_mixer_forward_with_state(
     B = B.reshape(batch, seq_len, mixer.n_groups, mixer.ssm_state_size)
     C = C.reshape(batch, seq_len, mixer.n_groups, mixer.ssm_state_size)
     A = -torch.exp(mixer.A_log.float())
+    dt_bias, dt_limit, dt_softplus = mixer.dt_bias, mixer.time_step_limit, True
+    transform = get_delta_transform(mixer)
+    if transform is not None:  # a length extension (`delta.py`): Δ discretized here, transformed, used as it is
+        dt = transform(discretize(dt, dt_bias, True, dt_limit), channel_dim=-1)
+        dt_bias, dt_limit, dt_softplus = None, (0.0, float("inf")), False
 
     # 3. SSM from the carried `initial_states`
     y, ssm_state = ssd_scan_with_state(
@@ -65,9 +72,10 @@ def mamba2_mixer_forward_with_state(
         C,
         chunk_size=mixer.chunk_size,
         D=mixer.D,
-        dt_bias=mixer.dt_bias,
-        dt_limit=mixer.time_step_limit,
+        dt_bias=dt_bias,
+        dt_limit=dt_limit,
         initial_states=ssm_state,
+        dt_softplus=dt_softplus,
     )
 
     # 4. Gated norm and final linear projection
