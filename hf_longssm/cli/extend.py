@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=positive_int, required=True, help="the target length to extend to (tokens)")
     p.add_argument("--output_dir", required=True, help="new or empty folder for the extended model")
     p.add_argument(
-        "--train_length", type=positive_int, default=None, help="the model's training context (long_mamba, delta_scale)"
+        "--train_length",
+        type=positive_int,
+        default=None,
+        help="the model's training context (long_mamba, delta_scale)",
     )
     p.add_argument("--tokenizer", default=None, help="'byte', a Hub id or path (default: the model's)")
     p.add_argument(
@@ -126,7 +129,9 @@ def main(argv: list[str] | None = None) -> Path:
         extend.delta_scale(model, args.scale, train_length=args.train_length, target_length=args.length)
     extension = extend.get_extension(model)
     # Where the calibration text came from: `hf-longssm eval` refuses to evaluate on the same data.
-    extension.settings["calibration_data"] = {"data": list(args.data), "split": args.split} if ids is not None else None
+    extension.settings["calibration_data"] = (
+        {"data": list(args.data), "split": args.split} if ids is not None else None
+    )
     extend.install_extension(model, extension)  # the config entry with the data named
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -109,7 +109,7 @@ def long_mamba(
 
 
 def _slowest_decay_rate(mixer: torch.nn.Module) -> torch.Tensor:
-    """Per channel the `A` closest to zero: Mamba-2's one `A` per head; the largest of a Mamba-1 channel's `A_{d,n}`."""
+    """Per channel the slowest `A`: Mamba-2's one `A` per head; the largest of a Mamba-1 channel's `A_{d,n}`."""
     A = -torch.exp(mixer.A_log.detach().float())
     return A.max(dim=-1).values if A.dim() == 2 else A
 

@@ -1,4 +1,4 @@
-"""MambaExtend (Azizi et al., ICLR 2025): one scale per Mamba layer on its step size Δ, calibrated at the target length.
+"""MambaExtend (Azizi et al., ICLR 2025): one scale per Mamba layer on its step Δ, calibrated at the target length.
 
 Each layer's discretized step becomes `s_l * Δ` (after softplus, before it multiplies A and B: `modeling/delta.py`);
 no other weight changes. The scales minimise the perplexity of a few calibration sequences of the target length,
@@ -80,7 +80,15 @@ def mamba_extend(
         )  # fmt: skip
     else:
         scales, history = _backprop(
-            model, mixers, ids, segment_length, batch_size, iterations or 20, learning_rate or 1e-2, min_scale, progress
+            model,
+            mixers,
+            ids,
+            segment_length,
+            batch_size,
+            iterations or 20,
+            learning_rate or 1e-2,
+            min_scale,
+            progress,
         )
     seconds = time.perf_counter() - start
     settings = {

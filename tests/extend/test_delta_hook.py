@@ -116,7 +116,10 @@ def test_neutral_extension_is_bit_identical(model_type):
             extend.install_extension(model, extension)
             logits, state = run_segments(model, ids, [20, 17])
             assert torch.equal(logits, reference), extension.method
-            for a, b in zip(state.recurrent_states + state.conv_states, reference_state.recurrent_states + reference_state.conv_states):
+            for a, b in zip(
+                state.recurrent_states + state.conv_states,
+                reference_state.recurrent_states + reference_state.conv_states,
+            ):
                 assert torch.equal(a, b)
             extend.remove_extension(model)
 
