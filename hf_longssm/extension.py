@@ -119,7 +119,7 @@ def save_extension(model: torch.nn.Module, folder: str | os.PathLike) -> Path | 
         return None
     path = Path(folder) / EXTENSION_FILE
     tensors = {
-        f"layers.{i}": v.detach().float().cpu().reshape(-1).contiguous() for i, v in enumerate(extension.values)
+        f"layers.{i}": v.detach().float().cpu().reshape(-1).clone() for i, v in enumerate(extension.values)
     }
     metadata = {"method": extension.method, "settings": json.dumps(extension.settings)}
     tmp = path.with_name(path.name + ".tmp")
