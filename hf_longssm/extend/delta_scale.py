@@ -31,4 +31,5 @@ def delta_scale(
         raise ValueError(f"The Δ scale must be positive, got {scale}.")
     layers = len(stateful_mixers(model))
     settings = {"scale": float(scale), "train_length": train_length, "target_length": target_length}
-    return install_extension(model, LengthExtension("delta_scale", [torch.tensor(float(scale)) for _ in range(layers)], settings))
+    scales = [torch.tensor(float(scale)) for _ in range(layers)]
+    return install_extension(model, LengthExtension("delta_scale", scales, settings))
