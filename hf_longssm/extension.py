@@ -118,9 +118,7 @@ def save_extension(model: torch.nn.Module, folder: str | os.PathLike) -> Path | 
     if extension is None:
         return None
     path = Path(folder) / EXTENSION_FILE
-    tensors = {
-        f"layers.{i}": v.detach().float().cpu().reshape(-1).clone() for i, v in enumerate(extension.values)
-    }
+    tensors = {f"layers.{i}": v.detach().float().cpu().reshape(-1).clone() for i, v in enumerate(extension.values)}
     metadata = {"method": extension.method, "settings": json.dumps(extension.settings)}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
