@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--calibration", choices=("spsa", "backprop"), default="spsa", help="mamba_extend's optimiser")
     p.add_argument("--iterations", type=positive_int, default=None, help="mamba_extend: SPSA 50, backprop 20")
-    p.add_argument("--learning_rate", type=float, default=None, help="mamba_extend: SPSA's a (1e-3) or Adam's (1e-2)")
+    p.add_argument("--learning_rate", type=float, default=None, help="mamba_extend: SPSA's a (1e-3) or Adam's (5e-2)")
     p.add_argument("--scale", type=float, default=None, help="delta_scale: the scale (default train/target length)")
     p.add_argument("--c", type=float, default=None, help="mamba_extend: SPSA's c (0.1); long_mamba: channel c (5e-2)")
     p.add_argument("--b", type=float, default=1.0, help="long_mamba: threshold multiplier")

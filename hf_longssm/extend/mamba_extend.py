@@ -59,7 +59,7 @@ def mamba_extend(
         segment_length (`int`, *optional*, defaults to 4096): tokens per forward (memory, not the result).
         batch_size (`int`, *optional*): calibration rows per forward (default all).
         c, gamma (`float`): SPSA's perturbation size and its decay.
-        learning_rate (`float`, *optional*): SPSA's `a` (default 1e-3) or Adam's (default 1e-2).
+        learning_rate (`float`, *optional*): SPSA's `a` (default 1e-3) or Adam's (default 5e-2).
         min_scale (`float`, *optional*, defaults to 0.01): the lower clamp of every scale.
         seed (`int`): the Rademacher draws.
 
@@ -86,7 +86,7 @@ def mamba_extend(
             segment_length,
             batch_size,
             iterations or 20,
-            learning_rate or 1e-2,
+            learning_rate or 5e-2,
             min_scale,
             progress,
         )

@@ -230,3 +230,40 @@ def test_hybrids_segmented_logits_and_gradients_through_attached_states(kernel_c
     _assert_kernels_ran("mamba" if model_type == "jamba" else "mamba2", kernel_calls())  # Jamba: Mamba-1 layers
     _assert_close(logits[True], logits[False], torch.float32, "logits")
     _compare_gradients(model.train(), lambda: sum(o.loss for o in run()), torch.float32)
+
+
+# ----- training-free length extensions (`hf_longssm.extend`) ----------------------------------------------------------
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_length_extensions_on_the_kernel_path(kernel_calls, model_type):
+    """A transformed Δ reaches the kernels with their softplus and bias off: logits, final states and gradients
+    (through an attached state and into MambaExtend's scale) equal the torch path."""
+    from hf_longssm.extension import stateful_mixers
+    from hf_longssm.modeling.delta import FilterDelta, ScaleDelta, set_delta_transform
+
+    model = _model(model_type).eval()
+    ids = _ids(2, 40)
+    mixers = stateful_mixers(model)
+    channels = mixers[0].num_heads if model_type == "mamba2" else mixers[0].intermediate_size
+    for transform in (ScaleDelta(torch.tensor(0.4)), FilterDelta(torch.full((channels,), 0.6))):
+        for mixer in mixers:
+            set_delta_transform(mixer, transform)
+        results = {}
+        for on in (True, False):
+            with kernel_branch(on), torch.no_grad():
+                outputs, state = _segments(model, ids, [17, 1, 22], _noise_state(model, 2))
+            results[on] = torch.cat([o.logits for o in outputs], 1), state
+        _assert_kernels_ran(model_type, kernel_calls())
+        (logits, state), (logits_ref, state_ref) = results[True], results[False]
+        _assert_close(logits, logits_ref, torch.float32, f"{transform.method} logits")
+        for a, b in zip(state.recurrent_states, state_ref.recurrent_states):
+            _assert_close(a, b, torch.float32, f"{transform.method} recurrent state")
+    scale = torch.tensor(0.7, requires_grad=True)
+    for mixer in mixers:
+        set_delta_transform(mixer, ScaleDelta(scale))
+
+    def loss():
+        outputs, _ = _segments(model, ids, [17, 23], _noise_state(model, 2))
+        return sum(o.loss for o in outputs)
+
+    _compare_gradients(model, loss, torch.float32, extra_leaves=(scale,))
+    _assert_kernels_ran(model_type, kernel_calls(), backward=True)
