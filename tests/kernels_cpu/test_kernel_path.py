@@ -232,7 +232,7 @@ def test_hybrids_segmented_logits_and_gradients_through_attached_states(kernel_c
     _compare_gradients(model.train(), lambda: sum(o.loss for o in run()), torch.float32)
 
 
-# ----- training-free length extensions (`hf_longssm.extend`) ----------------------------------------------------------
+# ----- training-free length extensions (`hf_longssm.extend`) ------------------------------------------------------
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_length_extensions_on_the_kernel_path(kernel_calls, model_type):
     """A transformed Δ reaches the kernels with their softplus and bias off: logits, final states and gradients
