@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,7 @@ def install_extension(model: torch.nn.Module, extension: LengthExtension) -> tor
     object.__setattr__(base, _ATTRIBUTE, extension)
     setattr(base.config, CONFIG_KEY, {"method": extension.method, "file": EXTENSION_FILE, **extension.settings})
     if "save_pretrained" not in vars(base):
-        base.save_pretrained = types.MethodType(_save_pretrained_with_extension, base)
+        base.save_pretrained = _SavePretrainedWithExtension(base)
     return model
 
 
@@ -140,8 +139,15 @@ def read_extension(path: str | os.PathLike) -> LengthExtension:
     return LengthExtension(method, values, json.loads(metadata.get("settings", "{}")))
 
 
-def _save_pretrained_with_extension(self: PreTrainedModel, save_directory, *args, **kwargs):
-    """`save_pretrained`, then the extension's file (on the main process, as transformers writes its files)."""
-    type(self).save_pretrained(self, save_directory, *args, **kwargs)
-    if kwargs.get("is_main_process", True):
-        save_extension(self, save_directory)
+class _SavePretrainedWithExtension:
+    """An extended model's `save_pretrained`: transformers' own, then the extension's file (on the main process, as
+    transformers writes its files). A callable object rather than a bound function, so the model still pickles and
+    deep-copies."""
+
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+
+    def __call__(self, save_directory, *args, **kwargs):
+        type(self.model).save_pretrained(self.model, save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            save_extension(self.model, save_directory)

@@ -221,3 +221,16 @@ def test_extension_for_another_model_is_refused():
     model = tiny_model("mamba2")
     with pytest.raises(ValueError, match="calibrated for another model"):
         extend.install_extension(model, LengthExtension("mamba_extend", [torch.tensor(1.0)] * 5))
+
+
+def test_an_extended_model_deep_copies_and_pickles_with_its_extension(tmp_path):
+    import copy
+    import pickle
+
+    model = tiny_model("mamba")
+    extend.delta_scale(model, 0.5)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert extend.get_extension(clone).method == "delta_scale"
+        clone.save_pretrained(tmp_path / "clone")  # the copy's own save, extension file included
+        assert (tmp_path / "clone" / EXTENSION_FILE).is_file()
+        (tmp_path / "clone" / EXTENSION_FILE).unlink()
