@@ -6,7 +6,7 @@ import torch
 
 # The core tests (`pytest -m core`): exactness of the three families, to_cache + generate, bf16 training, resume, LoRA,
 # position-wise perplexity, passkey, the lm-eval adapter, models dispatched with a device_map (offloaded layers), file
-# safety and the transformers version checks. CI runs them on the declared minimum transformers (.ci/run minimum);
+# safety, the transformers version checks and the training-free length extension's Δ hook. CI runs them on the declared minimum transformers (.ci/run minimum);
 # every other job runs them with the rest.
 CORE_TEST_FILES = (
     "tests/test_forward.py",
@@ -21,6 +21,7 @@ CORE_TEST_FILES = (
     "tests/evaluation/test_perplexity.py",
     "tests/evaluation/test_passkey.py",
     "tests/evaluation/test_harness.py",
+    "tests/extend/test_delta_hook.py",
 )
 
 
