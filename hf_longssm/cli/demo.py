@@ -177,7 +177,7 @@ def far_near_table(report: dict) -> str:
         steps = report["training_far_near_ratio"].get(name, [])
         trajectory = ", ".join(f"{s['step']}: {s['far_near_ratio']:.2f}" for s in steps) or "-"
         seconds = report.get("seconds", {}).get(name)
-        cost = "-" if seconds is None or name == "base" else f"{seconds:.0f}"
+        cost = "-" if seconds is None or name == "base" else f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
         rows.append(f"| {name} | {ratio:.2f} | {cost} | {trajectory} |")
     return "\n".join(rows)
 
