@@ -84,6 +84,13 @@ def install_extension(model: torch.nn.Module, extension: LengthExtension) -> tor
             f"The {extension.method} extension has values for {len(extension.values)} layers; this model has "
             f"{len(mixers)} Mamba layers: it was calibrated for another model."
         )
+    for layer, (mixer, value) in enumerate(zip(mixers, extension.values)):
+        channels = mixer.num_heads if hasattr(mixer, "num_heads") else mixer.intermediate_size
+        if value.numel() not in ((1, channels) if TRANSFORMS[extension.method] is ScaleDelta else (channels,)):
+            raise ValueError(
+                f"The {extension.method} extension has {value.numel()} values for Mamba layer {layer}, which has "
+                f"{channels} channels: it was calibrated for another model."
+            )
     for mixer, transform in zip(mixers, extension.transforms()):
         set_delta_transform(mixer, transform)
     base = unwrap_model(model)
@@ -127,16 +134,22 @@ def save_extension(model: torch.nn.Module, folder: str | os.PathLike) -> Path | 
 
 def read_extension(path: str | os.PathLike) -> LengthExtension:
     """A `LengthExtension` from a `length_extension.safetensors` file (safetensors: no code runs on load)."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if "method" not in metadata:
-            raise ValueError(f"{path} is not a length extension file (no 'method' in its metadata).")
-        count = len(handle.keys())
-        values = [handle.get_tensor(f"layers.{i}") for i in range(count)]
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            names = set(handle.keys())
+            values = [handle.get_tensor(f"layers.{i}") for i in range(len(names)) if f"layers.{i}" in names]
+        settings = json.loads(metadata.get("settings", "{}"))
+    except Exception as err:  # safetensors raises its own error type for a truncated or foreign file
+        raise ValueError(
+            f"{path} is not a readable length extension file ({err}); write it again (`hf-longssm extend`)."
+        ) from None
+    if "method" not in metadata or len(values) != len(names):
+        raise ValueError(f"{path} is not a length extension file (no 'method' in its metadata, or other tensors).")
     method = metadata["method"]
     # A scale is stored as a 1-element vector; the transform takes it as a scalar.
     values = [v.reshape(()) if TRANSFORMS.get(method) is ScaleDelta and v.numel() == 1 else v for v in values]
-    return LengthExtension(method, values, json.loads(metadata.get("settings", "{}")))
+    return LengthExtension(method, values, settings)
 
 
 class _SavePretrainedWithExtension:

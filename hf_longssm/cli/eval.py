@@ -10,6 +10,7 @@ overwritten: a numbered name is used) and PNG plots; several models go into one 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -122,14 +123,41 @@ def load_eval_documents(data: list[str], split: str | None = None):
     return source.load(split=split or source.eval_split, streaming=True)
 
 
+def data_identity(data: list[str], split: str) -> dict:
+    """What `--data` names, comparable across commands: local files by the SHA-256 of their bytes (whatever path
+    or order they are given in; a file has one split), a dataset by its name and split."""
+    if all(Path(d).is_file() for d in data):
+        return {"files": {str(Path(d).resolve()): _sha256(Path(d)) for d in data}}
+    return {"dataset": data[0], "split": split}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_not_calibration_data(model_id: str, data: list[str], split: str) -> None:
-    """Refuse to evaluate a model with a training-free length extension on the text it was calibrated on."""
+    """Refuse to evaluate a model with a training-free length extension on text it was calibrated on: any of the
+    same files (by content), or the same dataset split."""
     config = json.loads(model_config_file(model_id).read_text())
     calibration = (config.get(CONFIG_KEY) or {}).get("calibration_data")
-    if calibration and calibration.get("data") == list(data) and calibration.get("split") == split:
+    if not calibration:
+        return
+    asked = data_identity(data, split)
+    shared = sorted(
+        path for path, digest in asked.get("files", {}).items() if digest in calibration.get("files", {}).values()
+    )
+    same_split = "dataset" in asked and (calibration.get("dataset"), calibration.get("split")) == (
+        asked["dataset"], asked["split"]
+    )  # fmt: skip
+    if shared or same_split:
+        what = f"the files {shared}" if shared else f"{asked['dataset']} (split {split!r})"
         raise ValueError(
-            f"{model_id}'s length extension was calibrated on {data} (split {split!r}), the text asked to evaluate "
-            "on: its scores would be inflated. Evaluate on other text (--data, --split)."
+            f"{model_id}'s length extension was calibrated on {what}, which you asked to evaluate on: its scores "
+            "would be inflated. Evaluate on other text: other files, or another split of the dataset."
         )
 
 

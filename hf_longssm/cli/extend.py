@@ -21,9 +21,9 @@ import torch
 
 from .. import extend
 from ..loading import load_model, resolve_tokenizer
-from ..sources import OFFLINE_SHAKESPEARE, get_source
+from ..sources import OFFLINE_SHAKESPEARE
 from ..versions import package_versions
-from .eval import RESULT_PACKAGES, positive_int
+from .eval import RESULT_PACKAGES, data_identity, eval_source, positive_int
 from .results import write_json
 
 
@@ -108,10 +108,7 @@ def main(argv: list[str] | None = None) -> Path:
     num_samples = args.num_samples or DEFAULT_SAMPLES[args.method]
     ids = None
     if args.method != "delta_scale":
-        source = get_source(data_files=args.data, file_format="text") if all(
-            Path(d).is_file() for d in args.data
-        ) else get_source(dataset_name=args.data[0])  # fmt: skip
-        documents = source.load(split=args.split, streaming=True)
+        documents = eval_source(args.data).load(split=args.split, streaming=True)
         sample_length = args.length if args.method == "mamba_extend" else args.train_length
         ids = calibration_rows(documents, tokenizer, sample_length, num_samples)
     if args.method == "mamba_extend":
@@ -129,9 +126,7 @@ def main(argv: list[str] | None = None) -> Path:
         extend.delta_scale(model, args.scale, train_length=args.train_length, target_length=args.length)
     extension = extend.get_extension(model)
     # Where the calibration text came from: `hf-longssm eval` refuses to evaluate on the same data.
-    extension.settings["calibration_data"] = (
-        {"data": list(args.data), "split": args.split} if ids is not None else None
-    )
+    extension.settings["calibration_data"] = data_identity(args.data, args.split) if ids is not None else None
     extend.install_extension(model, extension)  # the config entry with the data named
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

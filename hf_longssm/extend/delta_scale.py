@@ -6,6 +6,8 @@ was over the training length (`exp(A Σ Δ)`), at the price of every token's inp
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..extension import LengthExtension, install_extension, stateful_mixers
@@ -26,9 +28,14 @@ def delta_scale(
     if scale is None:
         if not train_length or not target_length:
             raise ValueError("Give `scale`, or both `train_length` and `target_length` (scale = their ratio).")
+        if target_length <= train_length:
+            raise ValueError(
+                f"target_length ({target_length}) must exceed train_length ({train_length}): there is nothing to "
+                "extend (the ratio would lengthen every step)."
+            )
         scale = train_length / target_length
-    if not scale > 0:
-        raise ValueError(f"The Δ scale must be positive, got {scale}.")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"The Δ scale must be a positive finite number, got {scale}.")
     layers = len(stateful_mixers(model))
     settings = {"scale": float(scale), "train_length": train_length, "target_length": target_length}
     scales = [torch.tensor(float(scale)) for _ in range(layers)]

@@ -41,7 +41,7 @@ def test_a_shrunk_demo_writes_results_with_the_far_near_ratio_of_every_model(tmp
     # The extensions are calibrated on the training plays, never on the held-out text they are evaluated on.
     for name in names[6:]:
         extension = json.loads((out / name / "extension.json").read_text())["settings"]
-        assert extension["calibration_data"] in (None, {"data": ["hf_longssm/offline-shakespeare"], "split": "train"})
+        assert extension["calibration_data"] in (None, {"dataset": "hf_longssm/offline-shakespeare", "split": "train"})
         assert report["seconds"][name] >= 0
     assert report["seconds"]["state_passing"] > 0 and not list(out.glob("*.partial"))
     assert all(b.keys() >= {"start", "end", "perplexity"} for b in report["models"]["base"])

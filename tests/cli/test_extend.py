@@ -41,7 +41,8 @@ def test_extend_writes_a_model_that_loads_and_evaluates_extended(model_path, tmp
     record = json.loads((out / "extension.json").read_text())
     assert record["method"] == method and record["command"].startswith("hf-longssm extend --method")
     if method != "delta_scale":
-        assert record["settings"]["calibration_data"] == {"data": ["hf_longssm/offline-shakespeare"], "split": "train"}
+        calibration = {"dataset": "hf_longssm/offline-shakespeare", "split": "train"}
+        assert record["settings"]["calibration_data"] == calibration
         assert record["settings"]["calibration_seconds"] >= 0
 
     # The folder loads extended, and evaluates differently from the base on the held-out plays.
@@ -92,3 +93,31 @@ def test_extend_command_line_errors():
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2 and "needs --train_length" in result.stderr
+
+
+def test_eval_refuses_calibration_files_by_content_whatever_the_path_split_or_order(model_path, tmp_path, monkeypatch):
+    text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 40
+    (tmp_path / "cal.txt").write_text(text)
+    (tmp_path / "cal2.txt").write_text(text.upper())
+    (tmp_path / "other.txt").write_text(text.lower())
+    out = tmp_path / "extended"
+    extend_main(
+        ["--method", "long_mamba", "--model", model_path, "--length", "256", "--train_length", "32",
+         "--num_samples", "4", "--data", str(tmp_path / "cal.txt"), str(tmp_path / "cal2.txt"),
+         "--output_dir", str(out)]
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    common = ["--model", str(out), "--task", "position_ppl", "--length", "256", "--num_sequences", "1", "--no_plot"]
+    for data in (["cal.txt"], ["./cal2.txt", "cal.txt"], [str(tmp_path / "cal2.txt")]):
+        for split in ([], ["--split", "train"]):
+            with pytest.raises(ValueError, match="calibrated on the files"):
+                eval_main([*common, "--data", *data, *split, "--output_dir", str(tmp_path / "e")])
+    eval_main([*common, "--data", "other.txt", "--output_dir", str(tmp_path / "e")])  # other text: fine
+
+
+def test_extend_says_which_data_file_is_missing(model_path, tmp_path):
+    (tmp_path / "cal.txt").write_text("text " * 100)
+    with pytest.raises(ValueError, match=r"not files: \['.*missing.txt'\]"):
+        extend_main(["--method", "long_mamba", "--model", model_path, "--length", "256", "--train_length", "32",
+                     "--data", str(tmp_path / "cal.txt"), str(tmp_path / "missing.txt"),
+                     "--output_dir", str(tmp_path / "o")])  # fmt: skip

@@ -234,3 +234,24 @@ def test_an_extended_model_deep_copies_and_pickles_with_its_extension(tmp_path):
         clone.save_pretrained(tmp_path / "clone")  # the copy's own save, extension file included
         assert (tmp_path / "clone" / EXTENSION_FILE).is_file()
         (tmp_path / "clone" / EXTENSION_FILE).unlink()
+
+
+def test_broken_or_foreign_extension_files_are_refused_clearly(tmp_path):
+    model = tiny_model("mamba2")
+    extend.install_extension(model, LengthExtension("long_mamba", [torch.rand(8), torch.rand(8)]))
+    model.save_pretrained(tmp_path / "m")
+    # Thresholds from a model with as many layers but other channels (Mamba-1's 32 per layer).
+    foreign = LengthExtension("long_mamba", [torch.rand(32), torch.rand(32)])
+    with pytest.raises(ValueError, match="32 values for Mamba layer 0, which has 8 channels"):
+        extend.install_extension(model, foreign)
+    (tmp_path / "m" / EXTENSION_FILE).write_bytes(b"")
+    with pytest.raises(ValueError, match="not a readable length extension file"):
+        hl.load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"scale": float("inf")}, {"scale": 0.0}, {"train_length": 64, "target_length": 32}]
+)
+def test_delta_scale_refuses_scales_that_extend_nothing(kwargs):
+    with pytest.raises(ValueError, match="positive finite|nothing to extend"):
+        extend.delta_scale(tiny_model("mamba"), **kwargs)
