@@ -188,7 +188,7 @@ def test_eval_refuses_zero_counts_and_lengths(tmp_path, capsys, task, flag):
 
 def test_python_m_hf_longssm_cli_prints_the_usage():
     result = subprocess.run([sys.executable, "-m", "hf_longssm.cli"], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2 and "give a command: train, eval, demo, convert" in result.stderr
+    assert result.returncode == 2 and "give a command: train, eval, extend, demo, convert" in result.stderr
 
 
 # ----- runs: resume, finished runs, foreign folders -------------------------------------------------------------

@@ -29,7 +29,7 @@ def test_python_m_hf_longssm_help_lists_every_command():
 def test_python_m_hf_longssm_cli_is_the_same_command():
     result = run_module("hf_longssm.cli")
     assert result.returncode == 2
-    assert "usage: hf-longssm" in result.stderr and "give a command: train, eval, demo" in result.stderr
+    assert "usage: hf-longssm" in result.stderr and "give a command: train, eval, extend, demo" in result.stderr
 
 
 def test_no_command_prints_the_usage_and_exits_2(capsys):
