@@ -13,8 +13,10 @@ used by `push_to_hub` and the Trainer) write the file with the weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,24 @@ def remove_extension(model: torch.nn.Module) -> torch.nn.Module:
     if hasattr(base.config, CONFIG_KEY):
         delattr(base.config, CONFIG_KEY)
     return model
+
+
+@contextlib.contextmanager
+def calibrating(model: torch.nn.Module) -> Iterator[list[torch.nn.Module]]:
+    """The model's Mamba mixers with any extension removed, for a calibration to try transforms on. If the
+    calibration fails or is interrupted, every trial transform is cleared and the previous extension put back, so
+    the model never keeps a half-calibrated state; on success the caller installs the result."""
+    previous = get_extension(model)
+    remove_extension(model)
+    mixers = stateful_mixers(model)
+    try:
+        yield mixers
+    except BaseException:
+        for mixer in mixers:
+            set_delta_transform(mixer, None)
+        if previous is not None:
+            install_extension(model, previous)
+        raise
 
 
 def get_extension(model: torch.nn.Module) -> LengthExtension | None:

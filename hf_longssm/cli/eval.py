@@ -125,9 +125,10 @@ def load_eval_documents(data: list[str], split: str | None = None):
 
 def data_identity(data: list[str], split: str) -> dict:
     """What `--data` names, comparable across commands: local files by the SHA-256 of their bytes (whatever path
-    or order they are given in; a file has one split), a dataset by its name and split."""
+    or order they are given in; a file has one split) and their names, never their paths (this goes into a model's
+    config, which may be published), a dataset by its name and split."""
     if all(Path(d).is_file() for d in data):
-        return {"files": {str(Path(d).resolve()): _sha256(Path(d)) for d in data}}
+        return {"files": [{"name": Path(d).name, "sha256": _sha256(Path(d))} for d in data]}
     return {"dataset": data[0], "split": split}
 
 
@@ -147,9 +148,8 @@ def check_not_calibration_data(model_id: str, data: list[str], split: str) -> No
     if not calibration:
         return
     asked = data_identity(data, split)
-    shared = sorted(
-        path for path, digest in asked.get("files", {}).items() if digest in calibration.get("files", {}).values()
-    )
+    calibrated = {entry["sha256"] for entry in calibration.get("files", [])}
+    shared = sorted(entry["name"] for entry in asked.get("files", []) if entry["sha256"] in calibrated)
     same_split = "dataset" in asked and (calibration.get("dataset"), calibration.get("split")) == (
         asked["dataset"], asked["split"]
     )  # fmt: skip

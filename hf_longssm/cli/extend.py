@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--b", type=float, default=1.0, help="long_mamba: threshold multiplier")
     p.add_argument("--clamp_top", type=float, default=0.15, help="long_mamba: Δ clamp quantile")
     p.add_argument("--segment_length", type=positive_int, default=4096)
+    p.add_argument("--batch_size", type=positive_int, default=1, help="calibration samples per forward")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
@@ -114,13 +115,13 @@ def main(argv: list[str] | None = None) -> Path:
     if args.method == "mamba_extend":
         extend.mamba_extend(
             model, ids, target_length=args.length, method=args.calibration, iterations=args.iterations,
-            segment_length=args.segment_length, c=args.c or 0.1, learning_rate=args.learning_rate, seed=args.seed,
-            progress=True,
+            segment_length=args.segment_length, batch_size=args.batch_size, c=0.1 if args.c is None else args.c,
+            learning_rate=args.learning_rate, seed=args.seed, progress=True,
         )  # fmt: skip
     elif args.method == "long_mamba":
         extend.long_mamba(
-            model, ids, train_length=args.train_length, target_length=args.length, c=args.c or 5e-2, b=args.b,
-            clamp_top=args.clamp_top,
+            model, ids, train_length=args.train_length, target_length=args.length, b=args.b,
+            c=5e-2 if args.c is None else args.c, clamp_top=args.clamp_top, batch_size=args.batch_size,
         )  # fmt: skip
     else:
         extend.delta_scale(model, args.scale, train_length=args.train_length, target_length=args.length)

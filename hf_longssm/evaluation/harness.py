@@ -339,19 +339,21 @@ class LongSSMLM(TemplateLM):
                 f"loop, which takes `suppress_tokens` only; this task asks for {unsupported}."
             )
         suppressed = list(kwargs.get("suppress_tokens") or [])
-        tokens, finished = [], torch.zeros(last.shape[0], dtype=torch.bool, device=last.device)
+        tokens, finished = [], [False] * last.shape[0]
         for _ in range(max(0, max_gen_toks)):
             output, state = forward_with_state(self._model, last, state)
             logits = output.logits[:, -1:].float()
             if suppressed:
                 logits[..., suppressed] = float("-inf")
             last = logits.argmax(-1)
+            # A finished row gets EOS (dropped when decoded), as generate() pads it: nothing after its end shows.
+            last[torch.tensor(finished, device=last.device)] = self.eot_token_id
             tokens.append(last)
-            finished |= last[:, 0] == self.eot_token_id
-            if until:
-                texts = [self.tok_decode(row) for row in torch.cat(tokens, 1).tolist()]
-                finished |= torch.tensor([any(stop in text for stop in until) for text in texts], device=last.device)
-            if bool(finished.all()):
+            for i, row in enumerate(torch.cat(tokens, 1).tolist()):
+                if not finished[i]:
+                    ended = row[-1] == self.eot_token_id
+                    finished[i] = ended or any(stop in self.tok_decode(row) for stop in until)
+            if all(finished):
                 break
         return torch.cat(tokens, 1) if tokens else last[:, :0]
 

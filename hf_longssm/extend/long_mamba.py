@@ -30,8 +30,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..extension import LengthExtension, install_extension, remove_extension, stateful_mixers
+from ..extension import LengthExtension, calibrating, install_extension
 from ..forward import eval_mode, forward_with_state
+from ..modeling import input_device
 from ..modeling.delta import DeltaTransform, set_delta_transform
 
 
@@ -73,21 +74,15 @@ def long_mamba(
             f"calibration_ids must be (samples, >= train_length={train_length}) token ids, got "
             f"{tuple(calibration_ids.shape)}."
         )
-    remove_extension(model)
-    mixers = stateful_mixers(model)
     start = time.perf_counter()
-    recorders = [_Statistics(_slowest_decay_rate(m), clamp_top, target_length) for m in mixers]
-    try:
+    with calibrating(model) as mixers:
+        recorders = [_Statistics(_slowest_decay_rate(m), clamp_top, target_length) for m in mixers]
         for mixer, recorder in zip(mixers, recorders):
             set_delta_transform(mixer, recorder)
         ids = calibration_ids[:, :train_length]
-        device = next(model.parameters()).device
         with torch.no_grad(), eval_mode(model):
             for row in range(0, ids.shape[0], batch_size):
-                forward_with_state(model, ids[row : row + batch_size].to(device))
-    finally:
-        for mixer in mixers:
-            set_delta_transform(mixer, None)
+                forward_with_state(model, ids[row : row + batch_size].to(input_device(model)))
     thresholds, global_channels = [], []
     for recorder in recorders:
         decay, threshold = recorder.decay_sum / recorder.count, recorder.threshold_sum / recorder.count

@@ -26,8 +26,9 @@ import time
 import torch
 
 from ..evaluation.perplexity import position_nll_sum
-from ..extension import LengthExtension, install_extension, remove_extension, stateful_mixers
+from ..extension import LengthExtension, calibrating, install_extension
 from ..forward import forward_with_state
+from ..modeling import input_device
 from ..modeling.delta import ScaleDelta, set_delta_transform
 
 
@@ -39,7 +40,7 @@ def mamba_extend(
     method: str = "spsa",
     iterations: int | None = None,
     segment_length: int = 4096,
-    batch_size: int | None = None,
+    batch_size: int = 1,
     c: float = 0.1,
     gamma: float = 0.1,
     learning_rate: float | None = None,
@@ -57,47 +58,42 @@ def mamba_extend(
         method (`str`, *optional*, defaults to `"spsa"`): `"spsa"` (zeroth order) or `"backprop"`.
         iterations (`int`, *optional*): SPSA iterations (default 50) or Adam steps (default 20).
         segment_length (`int`, *optional*, defaults to 4096): tokens per forward (memory, not the result).
-        batch_size (`int`, *optional*): calibration rows per forward (default all).
+        batch_size (`int`, *optional*, defaults to 1): calibration rows per forward (memory: one row's logits per
+            segment without gradients; with `method="backprop"` every segment's activations of a row).
         c, gamma (`float`): SPSA's perturbation size and its decay.
         learning_rate (`float`, *optional*): SPSA's `a` (default 1e-3) or Adam's (default 5e-2).
         min_scale (`float`, *optional*, defaults to 0.01): the lower clamp of every scale.
         seed (`int`): the Rademacher draws.
 
     Returns:
-        the model, with `hl.extend.get_extension(model).settings` holding the scales' history, the calibration
-        perplexity before and after, and the calibration time.
+        the model, with `hl.extend.get_extension(model).settings` holding the scales, the calibration perplexity
+        before (all scales 1) and after (the returned scales), and the calibration time. If calibration fails or is
+        interrupted, the model is left as it was.
     """
     if method not in ("spsa", "backprop"):
         raise ValueError(f"method must be 'spsa' or 'backprop', got {method!r}.")
     ids = _calibration_rows(calibration_ids, target_length)
-    remove_extension(model)
-    mixers = stateful_mixers(model)
+    iterations = iterations if iterations is not None else 50 if method == "spsa" else 20
     start = time.perf_counter()
-    if method == "spsa":
-        scales, history = _spsa(
-            model, mixers, ids, segment_length, batch_size, iterations or 50, c, gamma, learning_rate or 1e-3,
-            min_scale, seed, progress,
-        )  # fmt: skip
-    else:
-        scales, history = _backprop(
-            model,
-            mixers,
-            ids,
-            segment_length,
-            batch_size,
-            iterations or 20,
-            learning_rate or 5e-2,
-            min_scale,
-            progress,
-        )
+    with calibrating(model) as mixers:
+        if method == "spsa":
+            a = learning_rate if learning_rate is not None else 1e-3
+            scales, before, after = _spsa(
+                model, mixers, ids, segment_length, batch_size, iterations, c, gamma, a, min_scale, seed, progress
+            )
+        else:
+            lr = learning_rate if learning_rate is not None else 5e-2
+            scales, before, after = _backprop(
+                model, mixers, ids, segment_length, batch_size, iterations, lr, min_scale, progress
+            )
     seconds = time.perf_counter() - start
     settings = {
         "target_length": target_length,
         "calibration": method,
         "calibration_samples": ids.shape[0],
-        "iterations": iterations or (50 if method == "spsa" else 20),
-        "calibration_perplexity_before": history[0]["perplexity"],
-        "calibration_perplexity_after": min(h["perplexity"] for h in history),
+        "iterations": iterations,
+        "calibration_perplexity_before": before,
+        "calibration_perplexity_after": after,
         "calibration_seconds": round(seconds, 1),
         "scales": [round(float(s), 6) for s in scales],
         "seed": seed,
@@ -133,10 +129,11 @@ def _exp(mean_nll: float) -> float:
 
 
 def _spsa(model, mixers, ids, segment_length, batch_size, iterations, c, gamma, a, min_scale, seed, progress):
+    """SPSA from scales of 1; returns `(the best evaluated scales, perplexity at 1, perplexity at the best)`."""
     generator = torch.Generator().manual_seed(seed)
     scales = torch.ones(len(mixers), dtype=torch.float64)
     best = (_perplexity(model, mixers, scales, ids, segment_length, batch_size), scales.clone())
-    history = [{"iteration": 0, "perplexity": best[0], "scales": scales.tolist()}]
+    before = best[0]
     for k in range(iterations):
         c_k = c / (1 + k) ** gamma
         a_k = a * math.cos(k * math.pi / (2 * (2 * iterations - 1)))
@@ -149,24 +146,22 @@ def _spsa(model, mixers, ids, segment_length, batch_size, iterations, c, gamma, 
         for ppl, point in ((ppl_plus, plus), (ppl_minus, minus)):
             if math.isfinite(ppl) and ppl < best[0]:
                 best = (ppl, point.clone())
-        history.append({"iteration": k + 1, "perplexity": min(ppl_plus, ppl_minus), "scales": scales.tolist()})
         if progress:
             print(f"[mamba_extend] spsa {k + 1}/{iterations}: ppl +{ppl_plus:.4g} -{ppl_minus:.4g}", flush=True)
     final = _perplexity(model, mixers, scales, ids, segment_length, batch_size)
     if final < best[0]:
         best = (final, scales.clone())
-    history.append({"iteration": iterations, "perplexity": final, "scales": scales.tolist()})
-    return best[1].float(), history
+    return best[1].float(), before, best[0]
 
 
 def _backprop(model, mixers, ids, segment_length, batch_size, iterations, learning_rate, min_scale, progress):
+    """Adam on the scales alone; returns `(the best scales scored, perplexity at 1, perplexity at the best)`."""
     scales = torch.ones(len(mixers), dtype=torch.float32, requires_grad=True)
     optimizer = torch.optim.Adam([scales], lr=learning_rate)
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
-    history, best = [], (math.inf, scales.detach().clone())
-    batch_size = batch_size or ids.shape[0]
+    best, before = (math.inf, scales.detach().clone()), None
     was_training, grad_enabled = model.training, torch.is_grad_enabled()
     model.eval()
     try:
@@ -181,7 +176,7 @@ def _backprop(model, mixers, ids, segment_length, batch_size, iterations, learni
                     loss.backward()
                 total += loss.item()
             ppl = _exp(total)
-            history.append({"iteration": k, "perplexity": ppl, "scales": scales.detach().tolist()})
+            before = ppl if before is None else before
             if ppl < best[0]:
                 best = (ppl, scales.detach().clone())
             if progress:
@@ -195,13 +190,12 @@ def _backprop(model, mixers, ids, segment_length, batch_size, iterations, learni
         model.train(was_training)
         for p, requires_grad in frozen:
             p.requires_grad_(requires_grad)
-    return best[1], history
+    return best[1], before, best[0]
 
 
 def _differentiable_nll_sum(model, ids: torch.LongTensor, segment_length: int) -> torch.Tensor:
     """The summed NLL of `ids` read in segments with the state carried and attached (gradients cross segments)."""
-    device = next(model.parameters()).device
-    ids = ids.to(device)
+    ids = ids.to(input_device(model))
     state, total = None, ids.new_zeros((), dtype=torch.float32)
     for start in range(0, ids.shape[1] - 1, segment_length):
         end = min(start + segment_length, ids.shape[1] - 1)

@@ -53,9 +53,15 @@ class ScaleDelta(DeltaTransform):
 
     def __init__(self, scale: torch.Tensor):
         self.scale = scale
+        self._on: dict[torch.device, torch.Tensor] = {}
 
     def transform(self, dt: torch.Tensor, channel_dim: int) -> torch.Tensor:
-        scale = self.scale.to(dt.device, torch.float32)
+        if self.scale.requires_grad:  # calibration by backprop: the graph must reach the leaf every call
+            scale = self.scale.to(dt.device, torch.float32)
+        else:  # one copy per device, not one per segment and layer
+            if dt.device not in self._on:
+                self._on[dt.device] = self.scale.to(dt.device, torch.float32)
+            scale = self._on[dt.device]
         if scale.dim() == 1 and scale.numel() > 1:
             scale = _per_channel(scale, dt, channel_dim)
         return dt * scale

@@ -272,7 +272,8 @@ def selective_scan_with_state(
         return selective_scan_from_zero_with_correction(
             functools.partial(_zero_start_scan_with_final_state_gradient, selective_scan_fn),
             u.contiguous(),
-            delta.contiguous(),
+            # selective_scan.cpp takes delta in u's dtype; a Δ discretized outside (a length extension) is float32.
+            delta.to(u.dtype).contiguous(),
             A,
             B.contiguous(),
             C.contiguous(),

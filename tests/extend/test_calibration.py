@@ -194,3 +194,47 @@ def test_delta_scale_is_the_length_ratio():
     extend.delta_scale(model, train_length=32, target_length=128)
     assert [float(v) for v in extend.get_extension(model).values] == [0.25, 0.25]
     assert math.isclose(extend.get_extension(model).settings["scale"], 0.25)
+
+
+@pytest.mark.parametrize("which", ["mamba_extend", "long_mamba"])
+def test_an_interrupted_calibration_leaves_the_model_as_it_was(which, monkeypatch):
+    """A calibration that fails midway (here: the second forward raises) clears its trial transforms and puts the
+    previous extension back: the model's outputs are exactly those before the call."""
+    model = tiny_model("mamba2").eval()
+    extend.delta_scale(model, 0.5)
+    ids = torch.randint(0, 64, (2, 48))
+    with torch.no_grad():
+        before, _ = hl.forward_with_state(model, ids)
+    calls = {"n": 0}
+    original = hl.forward.forward_with_state
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    module = importlib.import_module(f"hf_longssm.extend.{which}")
+    monkeypatch.setattr(module, "forward_with_state", failing, raising=False)
+    monkeypatch.setattr(importlib.import_module("hf_longssm.evaluation.perplexity"), "iter_segments",
+                        lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        if which == "mamba_extend":
+            extend.mamba_extend(model, ids, target_length=48, iterations=3)
+        else:
+            extend.long_mamba(model, ids, train_length=16, target_length=48)
+    monkeypatch.undo()
+    assert extend.get_extension(model).method == "delta_scale"
+    with torch.no_grad():
+        after, _ = hl.forward_with_state(model, ids)
+    assert torch.equal(after.logits, before.logits)
+
+
+def test_long_mamba_statistics_do_not_depend_on_the_batch_size():
+    model = tiny_model("mamba").eval()
+    ids = torch.randint(0, 64, (3, 40))
+    thresholds = []
+    for batch_size in (1, 3):
+        extend.long_mamba(model, ids, train_length=24, target_length=96, c=0.0, batch_size=batch_size)
+        thresholds.append(torch.stack(extend.get_extension(model).values))
+    torch.testing.assert_close(thresholds[1], thresholds[0], rtol=1e-5, atol=1e-7)

@@ -236,9 +236,20 @@ def test_hybrids_segmented_logits_and_gradients_through_attached_states(kernel_c
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_length_extensions_on_the_kernel_path(kernel_calls, model_type):
     """A transformed Δ reaches the kernels with their softplus and bias off: logits, final states and gradients
-    (through an attached state and into MambaExtend's scale) equal the torch path."""
+    (through an attached state and into MambaExtend's scale) equal the torch path; in fp16 too (selective_scan.cpp
+    takes Δ in the input's dtype, while a transformed Δ is float32)."""
     from hf_longssm.extension import stateful_mixers
     from hf_longssm.modeling.delta import FilterDelta, ScaleDelta, set_delta_transform
+
+    half = _model(model_type, torch.float16).eval()
+    for mixer in stateful_mixers(half):
+        set_delta_transform(mixer, ScaleDelta(torch.tensor(0.4)))
+    logits = {}
+    for on in (True, False):
+        with kernel_branch(on), torch.no_grad():
+            outputs, _ = _segments(half, _ids(2, 40), [17, 23], _noise_state(half, 2))
+        logits[on] = torch.cat([o.logits for o in outputs], 1)
+    _assert_close(logits[True], logits[False], torch.float16, "fp16 logits")
 
     model = _model(model_type).eval()
     ids = _ids(2, 40)
