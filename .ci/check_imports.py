@@ -57,6 +57,7 @@ LAYERS = {
     "hf_longssm.extend": 6,
     "hf_longssm.cli": 7,
     "hf_longssm.__main__": 8,
+    "hf_longssm.evaluate": 8,
     "hf_longssm": 8,
 }
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from .. import evaluation
 from ..evaluation.plots import plot_eval
@@ -26,6 +27,7 @@ from ..evaluation.text import documents_to_input_ids
 from ..extension import CONFIG_KEY
 from ..hub import results_table
 from ..loading import model_config_file, resolve_model, resolve_tokenizer
+from ..modeling import unwrap_model
 from ..sources import OFFLINE_SHAKESPEARE, get_source
 from ..versions import package_versions
 from .results import free_path, write_json
@@ -140,10 +142,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_not_calibration_data(model_id: str, data: list[str], split: str) -> None:
+def check_not_calibration_data(model_id: str, data: list[str], split: str, config: dict | None = None) -> None:
     """Refuse to evaluate a model with a training-free length extension on text it was calibrated on: any of the
-    same files (by content), or the same dataset split."""
-    config = json.loads(model_config_file(model_id).read_text())
+    same files (by content), or the same dataset split. `config`: a loaded model's (else read from `model_id`)."""
+    config = config if config is not None else json.loads(model_config_file(model_id).read_text())
     calibration = (config.get(CONFIG_KEY) or {}).get("calibration_data")
     if not calibration:
         return
@@ -168,9 +170,12 @@ def card_train_context(model_id: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def run_task(args: argparse.Namespace, model_id: str, input_ids: torch.Tensor | None) -> dict:
-    """One model's results for `args.task` (JSON-ready)."""
-    model = resolve_model(model_id=model_id, device=args.device)
+def run_task(
+    args: argparse.Namespace, model_id: str, input_ids: torch.Tensor | None, model: PreTrainedModel | None = None
+) -> dict:
+    """One model's results for `args.task` (JSON-ready): `model` if given (`model_id` then only names it), else the
+    model `model_id` loads."""
+    model = resolve_model(model=model) if model is not None else resolve_model(model_id=model_id, device=args.device)
     if args.task == "position_ppl":
         # One sequence at a time: the spread across sequences gives each bucket a 95% confidence band.
         rows = [
@@ -214,8 +219,14 @@ def attention_policy(args: argparse.Namespace) -> dict:
     return {"attention_state": args.attention_state, "attention_window": args.attention_window}
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Run `hf-longssm eval` and return the path of the results JSON."""
+def main(argv: list[str] | None = None, model: PreTrainedModel | None = None) -> Path:
+    """Run `hf-longssm eval` and return the path of the results JSON.
+
+    Args:
+        argv (`list[str]`, *optional*): the command line (default `sys.argv[1:]`).
+        model (`PreTrainedModel`, *optional*): a loaded model to evaluate (`hl.evaluate`); `--model` then names it
+            (one name) and finds its tokenizer.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -227,17 +238,20 @@ def main(argv: list[str] | None = None) -> Path:
         args.bucket_start = args.train_context or 16
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for model_id in args.model:  # a clear error for a name that is no model, before the tokenizer is looked for
+    if model is not None and len(args.model) != 1:
+        raise ValueError("A loaded model is evaluated alone: give one --model name for it.")
+    for model_id in args.model if model is None else ():  # a name that is no model: an error before the tokenizer
         model_config_file(model_id)
     input_ids = None
     if args.task != "passkey":
         split = args.split or eval_source(args.data).eval_split
         for model_id in args.model:
-            check_not_calibration_data(model_id, args.data, split)
+            config = None if model is None else unwrap_model(model).config.to_dict()
+            check_not_calibration_data(model_id, args.data, split, config)
         tokenizer = resolve_tokenizer(args.tokenizer, args.model[0])
         documents = load_eval_documents(args.data, args.split)
         input_ids = documents_to_input_ids(documents, tokenizer, args.length, args.num_sequences)
-    results = {model_id: run_task(args, model_id, input_ids) for model_id in args.model}
+    results = {model_id: run_task(args, model_id, input_ids, model) for model_id in args.model}
     payload = {
         "task": args.task,
         "command": "hf-longssm eval " + shlex.join(argv),
