@@ -7,6 +7,7 @@ import re
 
 import torch
 
+from ..extension import get_extension
 from ..forward import eval_mode, forward_with_state, prefill
 from ..modeling import cache_argument, input_device, unwrap_model
 
@@ -54,9 +55,10 @@ def is_the_key(text: str, key: str) -> bool:
 @torch.no_grad()
 def _greedy_from_state(model, state, first_token: torch.Tensor, max_new_tokens: int) -> list[int]:
     """Greedy decoding with transformers' own one-token path, continuing from a carried state; a hybrid decodes
-    through its carried state (its attention policy keeps what it keeps, which transformers' cache cannot)."""
+    through its carried state (its attention policy keeps what it keeps, which transformers' cache cannot), and so
+    does a model with a training-free length extension (transformers' forward would not apply it)."""
     token, generated = first_token, []
-    if state.keys:
+    if state.keys or get_extension(model) is not None:
         for _ in range(max_new_tokens):
             output, state = forward_with_state(model, token, state)
             token = output.logits[:, -1].argmax(-1, keepdim=True)

@@ -121,3 +121,20 @@ def test_extend_says_which_data_file_is_missing(model_path, tmp_path):
         extend_main(["--method", "long_mamba", "--model", model_path, "--length", "256", "--train_length", "32",
                      "--data", str(tmp_path / "cal.txt"), str(tmp_path / "missing.txt"),
                      "--output_dir", str(tmp_path / "o")])  # fmt: skip
+
+
+def test_passkey_on_an_extended_model_decodes_through_hf_longssm(model_path, tmp_path):
+    """Passkey decoding continues through hf_longssm's forward for an extended model (transformers' would refuse);
+    a neutral extension gives the plain model's cells."""
+    plain = hl.load_model(model_path)
+    tokenizer = byte_tokenizer()
+    options = dict(lengths=[300], depths=[0.0, 1.0], num_trials=2, segment_length=128)
+    expected = hl.evaluation.passkey_retrieval(plain, tokenizer, **options)
+    extend.delta_scale(plain, 1.0)
+    assert hl.evaluation.passkey_retrieval(plain, tokenizer, **options) == expected
+    out = tmp_path / "extended"
+    extend_main(["--method", "delta_scale", "--model", model_path, "--length", "512", "--train_length", "32",
+                 "--output_dir", str(out)])  # fmt: skip
+    argv = ["--model", str(out), "--task", "passkey", "--lengths", "300", "--num_trials", "1", "--no_plot"]
+    payload = json.loads(eval_main([*argv, "--output_dir", str(tmp_path / "e")]).read_text())
+    assert len(payload["results"][str(out)]["cells"]) == 5
