@@ -22,6 +22,7 @@ import datasets
 import numpy as np
 
 from hf_longssm.corpus import DEFAULT_CACHE, HELD_OUT_PLAYS, shakespeare_plays
+from hf_longssm.evaluation.babilong import GENERATORS, build_babilong_text, is_the_answer
 from hf_longssm.evaluation.passkey import build_passkey_prompt, is_the_key
 from hf_longssm.loading import load_tokenizer
 
@@ -187,6 +188,58 @@ def fact_retrieval(**kwargs: Any) -> dict[str, datasets.Dataset]:
                 }
             )
     return _test_split(rows)
+
+
+# ----- BABILong's offline twin: bAbI-style stories in held-out Shakespeare --------------------------------------
+def babilong(task: str, **kwargs: Any) -> dict[str, datasets.Dataset]:
+    """`longssm_babilong_<task>`: a story of `evaluation.babilong` (qa1 ... qa5) hidden at random lines of held-out
+    Shakespeare, the question at the end, the one-word answer generated and scored by exact match. Prompts hold at
+    most `max_length` tokens (filler lines are added while they fit). Seeded by (task, seed, length)."""
+    if task not in GENERATORS:
+        raise ValueError(f"Unknown BABILong task {task!r}: one of {sorted(GENERATORS)}.")
+    tokenizer, lengths, seed, num_samples = _options(kwargs)
+    lines = _filler_lines(_tokenizer_name(kwargs), str(kwargs.get("cache_dir", DEFAULT_CACHE)))
+    rows = []
+    for length in lengths:
+        rng = random.Random(f"babilong-{task}-{seed}-{length}")
+        for _ in range(num_samples):
+            story = GENERATORS[task](rng)
+            text = build_babilong_text(story, lines, length, lambda t: len(_encode(tokenizer, t)), rng)
+            rows.append(
+                {
+                    "input": text,
+                    "target": story.answer,
+                    "question": story.question,
+                    "length": len(_encode(tokenizer, text)),
+                    "max_length": length,
+                }
+            )
+    return _test_split(rows)
+
+
+def babilong_qa1(**kwargs: Any) -> dict[str, datasets.Dataset]:
+    return babilong("qa1", **kwargs)
+
+
+def babilong_qa2(**kwargs: Any) -> dict[str, datasets.Dataset]:
+    return babilong("qa2", **kwargs)
+
+
+def babilong_qa3(**kwargs: Any) -> dict[str, datasets.Dataset]:
+    return babilong("qa3", **kwargs)
+
+
+def babilong_qa4(**kwargs: Any) -> dict[str, datasets.Dataset]:
+    return babilong("qa4", **kwargs)
+
+
+def babilong_qa5(**kwargs: Any) -> dict[str, datasets.Dataset]:
+    return babilong("qa5", **kwargs)
+
+
+def process_babilong(doc: dict, results: list[str]) -> dict[str, float]:
+    """Right when the generated text's first word is the answer (`evaluation.babilong.is_the_answer`)."""
+    return {"acc": float(is_the_answer(results[0], doc["target"]))}
 
 
 # ----- perplexity of book text -----------------------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""bAbI-style stories for BABILong's offline twin (`longssm_babilong_qa1` ... `qa5`): facts, a question, a one-word
+answer.
+
+BABILong (Kuratov et al., 2024) hides the supporting facts of bAbI questions in long book text and asks the question
+at the end. The stories here are written for hf_longssm in bAbI's style (no bAbI text is copied), one generator per
+task, each drawing from a seeded `random.Random`:
+
+| task | bAbI name | the answer needs |
+|---|---|---|
+| qa1 | single supporting fact | the last place a person went to |
+| qa2 | two supporting facts | who holds an object, then where that person went |
+| qa3 | three supporting facts | where an object was before it reached a place (pick up, move, move) |
+| qa4 | two-argument relations | one spatial relation among several ("north of") |
+| qa5 | three-argument relations | giver, receiver or object of one of several hand-overs |
+
+Each story has distractor facts about other people, places and objects, so no answer can be read off the words the
+question repeats. `build_babilong_text` hides the facts, in their order, at random lines of the filler
+(`lm_eval_tasks.builders` uses held-out Shakespeare) and asks the question at the end; `is_the_answer` scores the
+first word generated (exact match, case and punctuation ignored).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+PEOPLE = ("Mary", "John", "Daniel", "Sandra", "Fred", "Bill", "Julie", "Emma")
+PLACES = ("bathroom", "hallway", "garden", "office", "bedroom", "kitchen", "cellar", "library")
+OBJECTS = ("apple", "football", "milk", "key", "book", "lantern")
+MOVES = ("moved to the", "went to the", "journeyed to the", "travelled to the", "went back to the")
+PICKS = ("picked up the", "grabbed the", "got the", "took the")
+DIRECTIONS = {"north": "south", "south": "north", "east": "west", "west": "east"}
+HEADER = "Read the text and answer the question about it with one word.\n"
+QUESTION = "\nQuestion: {question}\nAnswer:"
+TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
+
+
+@dataclass(frozen=True)
+class Story:
+    """`facts` (sentences, in the order they happened), the `question` and its one-word `answer`."""
+
+    facts: tuple[str, ...]
+    question: str
+    answer: str
+
+
+def _move(rng: random.Random, person: str, place: str) -> str:
+    return f"{person} {rng.choice(MOVES)} {place}."
+
+
+def qa1(rng: random.Random) -> Story:
+    """Where is P? P moved twice (the first place is a wrong answer); two others moved too."""
+    asked, *others = rng.sample(PEOPLE, 3)
+    first, last = rng.sample(PLACES, 2)
+    facts = [(asked, first), (asked, last)] + [(p, rng.choice(PLACES)) for p in others]
+    rng.shuffle(facts)
+    # The asked person's two moves keep their order: the later one is the answer.
+    at = [i for i, (p, _) in enumerate(facts) if p == asked]
+    facts[at[0]], facts[at[1]] = (asked, first), (asked, last)
+    return Story(tuple(_move(rng, p, place) for p, place in facts), f"Where is {asked}?", last)
+
+
+def qa2(rng: random.Random) -> Story:
+    """Where is the O? Its holder picked it up, then went somewhere; another person carries another object."""
+    holder, other = rng.sample(PEOPLE, 2)
+    obj, other_obj = rng.sample(OBJECTS, 2)
+    start, last, elsewhere = rng.sample(PLACES, 3)
+    facts = [
+        _move(rng, holder, start),
+        f"{holder} {rng.choice(PICKS)} {obj}.",
+        f"{other} {rng.choice(PICKS)} {other_obj}.",
+        _move(rng, other, elsewhere),
+        _move(rng, holder, last),
+    ]
+    return Story(tuple(facts), f"Where is the {obj}?", last)
+
+
+def qa3(rng: random.Random) -> Story:
+    """Where was the O before the L? Picked up, carried to B, then to L, then dropped: the answer is B."""
+    holder, other = rng.sample(PEOPLE, 2)
+    obj = rng.choice(OBJECTS)
+    start, before, last, elsewhere = rng.sample(PLACES, 4)
+    facts = [
+        _move(rng, holder, start),
+        f"{holder} {rng.choice(PICKS)} {obj}.",
+        _move(rng, other, elsewhere),
+        _move(rng, holder, before),
+        _move(rng, holder, last),
+        f"{holder} dropped the {obj}.",
+    ]
+    return Story(tuple(facts), f"Where was the {obj} before the {last}?", before)
+
+
+def qa4(rng: random.Random) -> Story:
+    """What is D of X? Two relations about four places; the question names one of them in either direction."""
+    a, b, c, d = rng.sample(PLACES, 4)
+    direction, other_direction = rng.sample(sorted(DIRECTIONS), 2)
+    facts = [f"The {a} is {direction} of the {b}.", f"The {c} is {other_direction} of the {d}."]
+    rng.shuffle(facts)
+    if rng.random() < 0.5:
+        return Story(tuple(facts), f"What is {direction} of the {b}?", a)
+    return Story(tuple(facts), f"What is the {b} {DIRECTIONS[direction]} of?", a)
+
+
+def qa5(rng: random.Random) -> Story:
+    """Who gave, who received or what was given, in one of three hand-overs (one object passed on twice)."""
+    giver, receiver, third, fourth = rng.sample(PEOPLE, 4)
+    obj, other_obj = rng.sample(OBJECTS, 2)
+    facts = [
+        f"{giver} gave the {obj} to {receiver}.",
+        f"{third} gave the {other_obj} to {fourth}.",
+        f"{receiver} gave the {obj} to {third}.",
+    ]
+    kind = rng.randrange(3)
+    if kind == 0:
+        return Story(tuple(facts), f"Who gave the {obj} to {receiver}?", giver)
+    if kind == 1:
+        return Story(tuple(facts), f"Who did {giver} give the {obj} to?", receiver)
+    return Story(tuple(facts), f"What did {third} give to {fourth}?", other_obj)
+
+
+GENERATORS: dict[str, Callable[[random.Random], Story]] = {
+    "qa1": qa1,
+    "qa2": qa2,
+    "qa3": qa3,
+    "qa4": qa4,
+    "qa5": qa5,
+}
+
+
+def build_babilong_text(
+    story: Story, filler: Sequence[tuple[str, int]], budget: int, count: Callable[[str], int], rng: random.Random
+) -> str:
+    """The prompt: header, filler lines with the story's facts at random lines (in order), the question.
+
+    Args:
+        filler (`Sequence[tuple[str, int]]`): lines of distractor text with their token counts (newline included).
+        budget (`int`): the prompt's length in tokens; filler lines are added while they fit.
+        count (`Callable[[str], int]`): a text's token count.
+    """
+    question = QUESTION.format(question=story.question)
+    room = budget - count(HEADER + question) - sum(count(fact + "\n") for fact in story.facts)
+    if room < 0:
+        raise ValueError(f"{budget} tokens cannot hold the story itself ({budget - room} tokens); ask for more.")
+    passage, used, at = [], 0, rng.randrange(len(filler))
+    while used + filler[at % len(filler)][1] <= room and len(passage) < len(filler):
+        passage.append(filler[at % len(filler)][0])
+        used += filler[at % len(filler)][1]
+        at += 1
+    # Inserted from the last position backwards: earlier positions stay valid and the facts keep their order.
+    positions = sorted(rng.randint(0, len(passage)) for _ in story.facts)
+    for position, fact in zip(positions[::-1], story.facts[::-1]):
+        passage.insert(position, fact)
+    return HEADER + "\n".join(passage) + question
+
+
+def is_the_answer(text: str, answer: str) -> bool:
+    """Whether the generated text's first word is the answer (case and punctuation ignored)."""
+    word = re.match(r"\s*([A-Za-z]+)", text)
+    return word is not None and word.group(1).lower() == answer.lower()
