@@ -2,7 +2,9 @@
 
     hf-longssm eval --model <id or path> [<id or path> ...] --task <task> [--data <files or dataset>] ...
 
-Tasks: `position_ppl` (perplexity by position), `passkey`, `effrem` (effective remembrance), `state_norms`.
+Tasks: `position_ppl` (perplexity by position), `passkey`, `effrem` (effective remembrance), `state_norms`,
+`babilong_qa1` ... `babilong_qa5` (BABILong's offline twin, `evaluation/babilong.py`: accuracy per --lengths, with
+--num_trials stories per length).
 Writes `<output_dir>/<task>.json` (with the command, versions and model ids; an existing file is never
 overwritten: a numbered name is used) and PNG plots; several models go into one comparison figure and table.
 """
@@ -33,7 +35,10 @@ from ..versions import package_versions
 from .results import free_path, write_json
 
 
-TASKS = ("position_ppl", "passkey", "effrem", "state_norms")
+BABILONG_TASKS = tuple(f"babilong_{task}" for task in ("qa1", "qa2", "qa3", "qa4", "qa5"))
+TASKS = ("position_ppl", "passkey", "effrem", "state_norms", *BABILONG_TASKS)
+# Tasks that build their own prompts (of --lengths) rather than read --data.
+PROMPT_TASKS = ("passkey", *BABILONG_TASKS)
 # Recorded in every results file: what the numbers depend on.
 RESULT_PACKAGES = ("python", "hf-longssm", "torch", "transformers")
 
@@ -92,10 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the models' training context, marked in the plots (default: read from the model card)",
     )
     p.add_argument(
-        "--lengths", type=positive_int, nargs="+", default=[1024, 2048, 4096], help="passkey prompt lengths"
+        "--lengths",
+        type=positive_int,
+        nargs="+",
+        default=[1024, 2048, 4096],
+        help="passkey, babilong prompt lengths",
     )
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    p.add_argument("--num_trials", type=positive_int, default=3)
+    p.add_argument("--num_trials", type=positive_int, default=3, help="passkey: keys per cell; babilong: stories")
     p.add_argument("--T", type=positive_int, default=None, help="effrem: context length (default --length)")
     p.add_argument("--ts", type=non_negative_int, nargs="+", default=None, help="effrem: start offsets t")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -201,6 +210,13 @@ def run_task(
         res = evaluation.effective_remembrance(model, input_ids, T, [t for t in ts if t < T], args.segment_length)
         return {"T": T, "effrem": {str(k): v for k, v in res.items()}}
     tokenizer = resolve_tokenizer(args.tokenizer, model_id)
+    if args.task in BABILONG_TASKS:
+        task = args.task.removeprefix("babilong_")
+        cells = evaluation.babilong_accuracy(
+            model, tokenizer, task, args.lengths, num_samples=args.num_trials, segment_length=args.segment_length,
+            **attention_policy(args),
+        )  # fmt: skip
+        return {"cells": cells}
     return {
         "cells": evaluation.passkey_retrieval(
             model,
@@ -230,8 +246,10 @@ def main(argv: list[str] | None = None, model: PreTrainedModel | None = None) ->
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.task not in ("position_ppl", "passkey") and (args.attention_state != "window" or args.attention_window):
-        parser.error(f"--attention_state / --attention_window apply to position_ppl and passkey, not {args.task}.")
+    if args.task not in ("position_ppl", *PROMPT_TASKS) and (
+        args.attention_state != "window" or args.attention_window
+    ):
+        parser.error(f"--attention_state / --attention_window do not apply to {args.task}.")
     if args.train_context is None:
         args.train_context = card_train_context(args.model[0])
     if args.bucket_start is None:
@@ -243,7 +261,7 @@ def main(argv: list[str] | None = None, model: PreTrainedModel | None = None) ->
     for model_id in args.model if model is None else ():  # a name that is no model: an error before the tokenizer
         model_config_file(model_id)
     input_ids = None
-    if args.task != "passkey":
+    if args.task not in PROMPT_TASKS:
         split = args.split or eval_source(args.data).eval_split
         for model_id in args.model:
             config = None if model is None else unwrap_model(model).config.to_dict()

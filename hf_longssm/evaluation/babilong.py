@@ -25,6 +25,15 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..corpus import DEFAULT_CACHE, HELD_OUT_PLAYS, shakespeare_plays
+from ..forward import eval_mode, prefill
+from ..modeling import input_device
+from .passkey import greedy_from_state
 
 
 PEOPLE = ("Mary", "John", "Daniel", "Sandra", "Fred", "Bill", "Julie", "Emma")
@@ -161,3 +170,58 @@ def is_the_answer(text: str, answer: str) -> bool:
     """Whether the generated text's first word is the answer (case and punctuation ignored)."""
     word = re.match(r"\s*([A-Za-z]+)", text)
     return word is not None and word.group(1).lower() == answer.lower()
+
+
+# Tokens generated for an answer: one word (byte-level: up to 9 bytes and a space) and what follows it.
+ANSWER_TOKENS = 10
+
+
+@lru_cache(maxsize=4)
+def held_out_lines(tokenizer, cache_dir: str = str(DEFAULT_CACHE)) -> tuple[tuple[str, int], ...]:
+    """Non-empty lines of the held-out Shakespeare plays with their token counts (newline included): the filler."""
+    plays = shakespeare_plays(Path(cache_dir))
+    lines = [line for play in sorted(HELD_OUT_PLAYS) for line in plays[play].splitlines() if line.strip()]
+    counts = [len(ids) for ids in tokenizer([line + "\n" for line in lines], add_special_tokens=False)["input_ids"]]
+    return tuple(zip(lines, counts))
+
+
+@torch.no_grad()
+def babilong_accuracy(
+    model,
+    tokenizer,
+    task: str,
+    lengths: Sequence[int],
+    *,
+    num_samples: int = 10,
+    segment_length: int = 4096,
+    seed: int = 0,
+    attention_state: str = "window",
+    attention_window: int | None = None,
+) -> list[dict]:
+    """Exact-match accuracy on `task` (qa1 ... qa5) per prompt length, the prompts those of the lm-eval task
+    `longssm_babilong_<task>` (same seed, same stories, same filler).
+
+    Each prompt is prefilled in segments with the state carried, then the answer is decoded greedily from that state
+    (`passkey.greedy_from_state`); right when its first word is the answer.
+
+    Returns:
+        `list[dict]`: `{"length", "accuracy", "samples"}` per length.
+    """
+    if task not in GENERATORS:
+        raise ValueError(f"Unknown BABILong task {task!r}: one of {sorted(GENERATORS)}.")
+    filler = held_out_lines(tokenizer)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    device, cells = input_device(model), []
+    with eval_mode(model):
+        for length in lengths:
+            rng, correct = random.Random(f"babilong-{task}-{seed}-{length}"), 0
+            for _ in range(num_samples):
+                story = GENERATORS[task](rng)
+                text = build_babilong_text(story, filler, length, count, rng)
+                ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
+                _, state = prefill(model, ids[:, :-1], segment_length, attention_state=attention_state,
+                                   attention_window=attention_window)  # fmt: skip
+                generated = greedy_from_state(model, state, ids[:, -1:], ANSWER_TOKENS)
+                correct += is_the_answer(tokenizer.decode(generated), story.answer)
+            cells.append({"length": length, "accuracy": correct / num_samples, "samples": num_samples})
+    return cells

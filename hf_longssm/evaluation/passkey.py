@@ -53,7 +53,7 @@ def is_the_key(text: str, key: str) -> bool:
 
 
 @torch.no_grad()
-def _greedy_from_state(model, state, first_token: torch.Tensor, max_new_tokens: int) -> list[int]:
+def greedy_from_state(model, state, first_token: torch.Tensor, max_new_tokens: int) -> list[int]:
     """Greedy decoding with transformers' own one-token path, continuing from a carried state; a hybrid decodes
     through its carried state (its attention policy keeps what it keeps, which transformers' cache cannot), and so
     does a model with a training-free length extension (transformers' forward would not apply it)."""
@@ -111,7 +111,7 @@ def passkey_retrieval(
                     ids = torch.tensor([ids], device=device)
                     _, state = prefill(model, ids[:, :-1], segment_length, **attention)
                     answer_tokens = len(_encode(tokenizer, f" {key}")) + 1
-                    generated = _greedy_from_state(model, state, ids[:, -1:], answer_tokens)
+                    generated = greedy_from_state(model, state, ids[:, -1:], answer_tokens)
                     correct += is_the_key(tokenizer.decode(generated), key)
                 results.append(
                     {"length": length, "depth": depth, "accuracy": correct / num_trials, "trials": num_trials}

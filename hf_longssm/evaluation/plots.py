@@ -35,6 +35,22 @@ def plot_eval(task: str, results: dict[str, dict], path: Path, train_context: in
         train_context (`int`, *optional*): the models' training context, marked on position axes.
     """
     plt = _pyplot()
+    if task.startswith("babilong_"):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, res in results.items():
+            cells = res["cells"]
+            ax.plot([c["length"] for c in cells], [c["accuracy"] for c in cells], marker="o", label=Path(name).name)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel("accuracy (exact match on the answer word)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
     if task == "passkey":
         fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False, layout="constrained")
         for ax, (name, res) in zip(axes[0], results.items()):

@@ -107,3 +107,37 @@ def test_lm_eval_runs_the_babilong_tasks_offline(tmp_path):
     results = json.loads(path.read_text())["results"]
     assert set(results) == {"longssm_babilong_qa1", "longssm_babilong_qa5"}
     assert all(0.0 <= r["acc,none"] <= 1.0 for r in results.values())
+
+
+def test_babilong_accuracy_reads_the_lm_eval_prompts_and_scores_exact_matches(monkeypatch):
+    """`evaluation.babilong_accuracy` decodes after the very prompts of `longssm_babilong_<task>` and counts a story
+    right exactly when the first generated word is its answer (a stand-in decoder answers every other story)."""
+    import hf_longssm as hl
+    from hf_longssm.evaluation import babilong as module
+
+    model, tokenizer = tiny_model("mamba2", vocab_size=257).eval(), byte_tokenizer()
+    rows = builders.babilong("qa2", tokenizer="byte", max_seq_lengths=[400], num_samples=4)["test"]
+    seen = []
+
+    def decoder(model, state, first_token, max_new_tokens):
+        answer = rows[len(seen)]["target"] if len(seen) % 2 == 0 else "nowhere"
+        seen.append(state)
+        return tokenizer(f" {answer}.", add_special_tokens=False)["input_ids"]
+
+    monkeypatch.setattr(module, "greedy_from_state", decoder)
+    cells = hl.evaluation.babilong_accuracy(model, tokenizer, "qa2", [400], num_samples=4, segment_length=128)
+    assert cells == [{"length": 400, "accuracy": 0.5, "samples": 4}]
+    assert len(seen) == 4
+
+
+def test_hf_longssm_eval_runs_a_babilong_task(tmp_path):
+    from hf_longssm.cli.eval import main as eval_main
+
+    folder = tmp_path / "tiny"
+    tiny_model("mamba2", vocab_size=257).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    argv = ["--model", str(folder), "--task", "babilong_qa4", "--lengths", "300", "600", "--num_trials", "2"]
+    payload = json.loads(eval_main([*argv, "--output_dir", str(tmp_path / "o")]).read_text())
+    cells = payload["results"][str(folder)]["cells"]
+    assert [c["length"] for c in cells] == [300, 600] and all(c["samples"] == 2 for c in cells)
+    assert (tmp_path / "o" / "babilong_qa4.png").is_file()

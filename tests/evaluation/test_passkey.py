@@ -44,9 +44,9 @@ def test_passkey_scoring_with_models_stubbed_right_and_wrong(monkeypatch):
         return real_build(tokenizer, length, depth, passkey)
 
     monkeypatch.setattr(passkey_module, "build_passkey_prompt", spy)
-    monkeypatch.setattr(passkey_module, "_greedy_from_state", answer(True))
+    monkeypatch.setattr(passkey_module, "greedy_from_state", answer(True))
     right = evaluation.passkey_retrieval(model, tok, lengths=[200, 400], depths=[0.0, 1.0], num_trials=2)
-    monkeypatch.setattr(passkey_module, "_greedy_from_state", answer(False))
+    monkeypatch.setattr(passkey_module, "greedy_from_state", answer(False))
     wrong = evaluation.passkey_retrieval(model, tok, lengths=[200, 400], depths=[0.0, 1.0], num_trials=2)
     assert [r["accuracy"] for r in right] == [1.0] * 4 and [r["accuracy"] for r in wrong] == [0.0] * 4
     assert len({k for k in keys}) > 4  # fresh random keys, reproducible by seed
@@ -59,7 +59,7 @@ def test_passkey_greedy_decoding_matches_generate():
     ids = torch.tensor([ids])
     with torch.no_grad():
         _, state = hl.forward_with_state(model, ids[:, :-1])
-        ours = passkey_module._greedy_from_state(model, state, ids[:, -1:], 5)
+        ours = passkey_module.greedy_from_state(model, state, ids[:, -1:], 5)
         theirs = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)[0, -5:].tolist()
     assert ours == theirs
 
@@ -72,7 +72,7 @@ def test_hybrid_greedy_decoding_through_the_carried_state_matches_generate(model
     ids = torch.tensor([ids])
     with torch.no_grad():
         _, state = hl.forward_with_state(model, ids[:, :-1], hl.CarriedState.zeros(model, 1, attention_state="full"))
-        ours = passkey_module._greedy_from_state(model, state, ids[:, -1:], 5)
+        ours = passkey_module.greedy_from_state(model, state, ids[:, -1:], 5)
         theirs = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)[0, -5:].tolist()
     assert ours == theirs
     # the default policy decodes too, with a window of keys (results may differ from one pass, not the mechanics)
