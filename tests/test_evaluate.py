@@ -64,3 +64,15 @@ def test_python_m_hf_longssm_evaluate_is_hf_longssm_eval(tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "hf_longssm.evaluate", "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "usage: hf-longssm eval" in help_text.stdout
     assert "RuntimeWarning" not in help_text.stderr
+
+
+def test_evaluate_runs_babilong_and_refuses_bad_values_as_errors(tmp_path):
+    path = tmp_path / "tiny"
+    tiny_model("mamba2", vocab_size=257).save_pretrained(path)
+    hl.tokenization.byte_tokenizer().save_pretrained(path)
+    results = hl.evaluate(str(path), tasks=iter(["babilong_qa1"]), lengths=range(300, 301), num_trials=2)
+    assert results["babilong_qa1"]["cells"][0]["length"] == 300
+    with pytest.raises(ValueError, match="refused the options"):
+        hl.evaluate(str(path), tasks=["position_ppl"], length=0)
+    with pytest.raises(ValueError, match="give a name, a number or a list"):
+        hl.evaluate(str(path), tasks=["passkey"], tokenizer=object())

@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import types
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -39,7 +39,8 @@ def evaluate(
         model (`str`, `os.PathLike` or a loaded model): a Hub id (read from the Hub cache offline), a local folder,
             or a model already loaded (`hl.load_model`, `from_pretrained`); a loaded model's tokenizer is found from
             its `config._name_or_path` unless `tokenizer=` is given.
-        tasks (`Sequence[str]`): any of `position_ppl`, `passkey`, `effrem`, `state_norms`.
+        tasks (`Sequence[str]`): any of `position_ppl`, `passkey`, `effrem`, `state_norms`, `babilong_qa1` ...
+            `babilong_qa5` (BABILong's offline twin: accuracy per `lengths`, `num_trials` stories each).
         output_dir (`str`, *optional*): also write `<task>.json` (with the command and versions) and the plots
             there, as `hf-longssm eval` does; nothing is written without it.
         **options: `hf-longssm eval`'s options by name: `data` (files, a dataset id, or the offline corpus, the
@@ -50,8 +51,7 @@ def evaluate(
         `dict`: per task, the results `hf-longssm eval` writes for the model (e.g. `position_ppl`: `buckets` and
         `nll`; `passkey`: `cells`).
     """
-    unknown = sorted(set(tasks) - set(eval_command.TASKS))
-    if isinstance(tasks, str) or unknown:
+    if isinstance(tasks, str) or not set(tasks := list(tasks)) <= set(eval_command.TASKS) or not tasks:
         raise ValueError(f"tasks must be a list of {list(eval_command.TASKS)}; got {tasks!r}.")
     loaded = None if isinstance(model, (str, os.PathLike)) else model
     name = str(model) if loaded is None else unwrap_model(loaded).config._name_or_path or "model"
@@ -59,7 +59,10 @@ def evaluate(
     with tempfile.TemporaryDirectory() as scratch:
         for task in tasks:
             argv = ["--model", name, "--task", task, "--output_dir", str(output_dir or scratch), *_flags(options)]
-            path = eval_command.main(argv + ([] if output_dir else ["--no_plot"]), model=loaded)
+            try:
+                path = eval_command.main(argv + ([] if output_dir else ["--no_plot"]), model=loaded)
+            except SystemExit:  # argparse refused a value; its message is printed above
+                raise ValueError(f"hf-longssm eval refused the options of task {task!r}: {argv[4:]}.") from None
             results[task] = json.loads(path.read_text())["results"][name]
     return results
 
@@ -74,12 +77,14 @@ def _flags(options: dict[str, Any]) -> list[str]:
     for key, value in options.items():
         if value is None or value is False:
             continue
-        if value is True:
+        if value is True and key == "no_plot":
             flags.append(f"--{key}")
-        elif isinstance(value, (list, tuple)):
+        elif isinstance(value, (str, os.PathLike, int, float)) and not isinstance(value, bool):
+            flags += [f"--{key}", str(value)]
+        elif isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
             flags += [f"--{key}", *map(str, value)]
         else:
-            flags += [f"--{key}", str(value)]
+            raise ValueError(f"Option {key}={value!r}: give a name, a number or a list of them.")
     return flags
 
 

@@ -13,8 +13,8 @@ task, each drawing from a seeded `random.Random`:
 | qa4 | two-argument relations | one spatial relation among several ("north of") |
 | qa5 | three-argument relations | giver, receiver or object of one of several hand-overs |
 
-Each story has distractor facts about other people, places and objects, so no answer can be read off the words the
-question repeats. `build_babilong_text` hides the facts, in their order, at random lines of the filler
+Each story has distractor facts about other people, places and objects, placed at random among the others, so no
+answer can be read off the words the question repeats or the position of a fact. `build_babilong_text` hides the facts, in their order, at random lines of the filler
 (`lm_eval_tasks.builders` uses held-out Shakespeare) and asks the question at the end; `is_the_answer` scores the
 first word generated (exact match, case and punctuation ignored).
 """
@@ -43,6 +43,8 @@ MOVES = ("moved to the", "went to the", "journeyed to the", "travelled to the", 
 PICKS = ("picked up the", "grabbed the", "got the", "took the")
 DIRECTIONS = {"north": "south", "south": "north", "east": "west", "west": "east"}
 HEADER = "Read the text and answer the question about it with one word.\n"
+# Where an answer ends: the lm-eval tasks' `until` and what `babilong_accuracy` cuts at, so both score alike.
+STOP = ("\n", ".")
 QUESTION = "\nQuestion: {question}\nAnswer:"
 TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 
@@ -58,6 +60,14 @@ class Story:
 
 def _move(rng: random.Random, person: str, place: str) -> str:
     return f"{person} {rng.choice(MOVES)} {place}."
+
+
+def _interleave(rng: random.Random, first: list[str], second: list[str]) -> tuple[str, ...]:
+    """The two lists merged at random, each in its own order (a distractor's facts anywhere among the others)."""
+    slots = [0] * len(first) + [1] * len(second)
+    rng.shuffle(slots)
+    sources = [iter(first), iter(second)]
+    return tuple(next(sources[slot]) for slot in slots)
 
 
 def qa1(rng: random.Random) -> Story:
@@ -77,14 +87,9 @@ def qa2(rng: random.Random) -> Story:
     holder, other = rng.sample(PEOPLE, 2)
     obj, other_obj = rng.sample(OBJECTS, 2)
     start, last, elsewhere = rng.sample(PLACES, 3)
-    facts = [
-        _move(rng, holder, start),
-        f"{holder} {rng.choice(PICKS)} {obj}.",
-        f"{other} {rng.choice(PICKS)} {other_obj}.",
-        _move(rng, other, elsewhere),
-        _move(rng, holder, last),
-    ]
-    return Story(tuple(facts), f"Where is the {obj}?", last)
+    held = [_move(rng, holder, start), f"{holder} {rng.choice(PICKS)} {obj}.", _move(rng, holder, last)]
+    distractor = [f"{other} {rng.choice(PICKS)} {other_obj}.", _move(rng, other, elsewhere)]
+    return Story(_interleave(rng, held, distractor), f"Where is the {obj}?", last)
 
 
 def qa3(rng: random.Random) -> Story:
@@ -92,15 +97,15 @@ def qa3(rng: random.Random) -> Story:
     holder, other = rng.sample(PEOPLE, 2)
     obj = rng.choice(OBJECTS)
     start, before, last, elsewhere = rng.sample(PLACES, 4)
-    facts = [
+    held = [
         _move(rng, holder, start),
         f"{holder} {rng.choice(PICKS)} {obj}.",
-        _move(rng, other, elsewhere),
         _move(rng, holder, before),
         _move(rng, holder, last),
         f"{holder} dropped the {obj}.",
     ]
-    return Story(tuple(facts), f"Where was the {obj} before the {last}?", before)
+    distractor = [_move(rng, other, elsewhere), _move(rng, other, rng.choice(PLACES))]
+    return Story(_interleave(rng, held, distractor), f"Where was the {obj} before the {last}?", before)
 
 
 def qa4(rng: random.Random) -> Story:
@@ -154,21 +159,30 @@ def build_babilong_text(
     room = budget - count(HEADER + question) - sum(count(fact + "\n") for fact in story.facts)
     if room < 0:
         raise ValueError(f"{budget} tokens cannot hold the story itself ({budget - room} tokens); ask for more.")
+    # The filler is read on from a random line and starts over at its end, for prompts longer than the filler.
     passage, used, at = [], 0, rng.randrange(len(filler))
-    while used + filler[at % len(filler)][1] <= room and len(passage) < len(filler):
+    while used + filler[at % len(filler)][1] <= room:
         passage.append(filler[at % len(filler)][0])
         used += filler[at % len(filler)][1]
         at += 1
     # Inserted from the last position backwards: earlier positions stay valid and the facts keep their order.
     positions = sorted(rng.randint(0, len(passage)) for _ in story.facts)
+    lines = [(line, False) for line in passage]
     for position, fact in zip(positions[::-1], story.facts[::-1]):
-        passage.insert(position, fact)
-    return HEADER + "\n".join(passage) + question
+        lines.insert(position, (fact, True))
+    text = HEADER + "\n".join(line for line, _ in lines) + question
+    # Pieces counted apart can differ by a token from the whole (BPE merges across a join): drop filler lines from
+    # the end until the prompt fits.
+    while count(text) > budget:
+        last_filler = max(i for i, (_, is_fact) in enumerate(lines) if not is_fact)
+        del lines[last_filler]
+        text = HEADER + "\n".join(line for line, _ in lines) + question
+    return text
 
 
 def is_the_answer(text: str, answer: str) -> bool:
-    """Whether the generated text's first word is the answer (case and punctuation ignored)."""
-    word = re.match(r"\s*([A-Za-z]+)", text)
+    """Whether the generated text's first word is the answer (case and punctuation around it ignored)."""
+    word = re.match(r"[\W_]*([A-Za-z]+)", text)
     return word is not None and word.group(1).lower() == answer.lower()
 
 
@@ -205,7 +219,8 @@ def babilong_accuracy(
     (`passkey.greedy_from_state`); right when its first word is the answer.
 
     Returns:
-        `list[dict]`: `{"length", "accuracy", "samples"}` per length.
+        `list[dict]`: `{"length", "accuracy", "samples", "mean_tokens"}` per length (`mean_tokens`: the prompts'
+        real length, at most `length`).
     """
     if task not in GENERATORS:
         raise ValueError(f"Unknown BABILong task {task!r}: one of {sorted(GENERATORS)}.")
@@ -214,14 +229,19 @@ def babilong_accuracy(
     device, cells = input_device(model), []
     with eval_mode(model):
         for length in lengths:
-            rng, correct = random.Random(f"babilong-{task}-{seed}-{length}"), 0
+            rng, correct, tokens = random.Random(f"babilong-{task}-{seed}-{length}"), 0, 0
             for _ in range(num_samples):
                 story = GENERATORS[task](rng)
                 text = build_babilong_text(story, filler, length, count, rng)
-                ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
+                # Encoded as the lm-eval adapter encodes a request (the tokenizer's own special tokens).
+                ids = torch.tensor([tokenizer(text)["input_ids"]], device=device)
                 _, state = prefill(model, ids[:, :-1], segment_length, attention_state=attention_state,
                                    attention_window=attention_window)  # fmt: skip
-                generated = greedy_from_state(model, state, ids[:, -1:], ANSWER_TOKENS)
-                correct += is_the_answer(tokenizer.decode(generated), story.answer)
-            cells.append({"length": length, "accuracy": correct / num_samples, "samples": num_samples})
+                generated = tokenizer.decode(greedy_from_state(model, state, ids[:, -1:], ANSWER_TOKENS))
+                correct += is_the_answer(re.split("|".join(map(re.escape, STOP)), generated)[0], story.answer)
+                tokens += ids.shape[1]
+            cells.append(
+                {"length": length, "accuracy": correct / num_samples, "samples": num_samples,
+                 "mean_tokens": tokens / num_samples}
+            )  # fmt: skip
     return cells

@@ -30,7 +30,7 @@ def plot_eval(task: str, results: dict[str, dict], path: Path, train_context: in
     """The figure of one `hf-longssm eval` task, every model of `results` in it (a heatmap per model for passkey).
 
     Args:
-        task (`str`): `position_ppl`, `passkey`, `effrem` or `state_norms`.
+        task (`str`): `position_ppl`, `passkey`, `effrem`, `state_norms` or `babilong_qa1` ... `babilong_qa5`.
         results (`dict[str, dict]`): per model id, what `cli.eval.run_task` returned.
         train_context (`int`, *optional*): the models' training context, marked on position axes.
     """

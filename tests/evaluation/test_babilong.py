@@ -126,7 +126,8 @@ def test_babilong_accuracy_reads_the_lm_eval_prompts_and_scores_exact_matches(mo
 
     monkeypatch.setattr(module, "greedy_from_state", decoder)
     cells = hl.evaluation.babilong_accuracy(model, tokenizer, "qa2", [400], num_samples=4, segment_length=128)
-    assert cells == [{"length": 400, "accuracy": 0.5, "samples": 4}]
+    mean_tokens = sum(row["length"] for row in rows) / 4  # the same prompts as the lm-eval task's
+    assert cells == [{"length": 400, "accuracy": 0.5, "samples": 4, "mean_tokens": mean_tokens}]
     assert len(seen) == 4
 
 
@@ -141,3 +142,17 @@ def test_hf_longssm_eval_runs_a_babilong_task(tmp_path):
     cells = payload["results"][str(folder)]["cells"]
     assert [c["length"] for c in cells] == [300, 600] and all(c["samples"] == 2 for c in cells)
     assert (tmp_path / "o" / "babilong_qa4.png").is_file()
+
+
+def test_prompts_longer_than_the_filler_read_it_again_and_fit_exactly():
+    story = babilong.qa1(random.Random(0))
+    filler = [("To be, or not to be", 20), ("that is the question", 21)]
+    count = lambda text: len(text.encode())  # noqa: E731 (bytes: the byte tokenizer's count)
+    text = babilong.build_babilong_text(story, filler, 2000, count, random.Random(1))
+    assert 2000 - 21 <= count(text) <= 2000 and text.count("that is the question") > 30
+    assert [line for line in text.splitlines() if line in story.facts] == list(story.facts)
+
+
+def test_the_answer_word_is_read_through_punctuation_and_case():
+    assert babilong.is_the_answer(' "Kitchen".', "kitchen") and babilong.is_the_answer(" *mary*", "Mary")
+    assert not babilong.is_the_answer(" kitchens", "kitchen") and not babilong.is_the_answer("", "kitchen")
