@@ -14,9 +14,10 @@ task, each drawing from a seeded `random.Random`:
 | qa5 | three-argument relations | giver, receiver or object of one of several hand-overs |
 
 Each story has distractor facts about other people, places and objects, placed at random among the others, so no
-answer can be read off the words the question repeats or the position of a fact. `build_babilong_text` hides the facts, in their order, at random lines of the filler
-(`lm_eval_tasks.builders` uses held-out Shakespeare) and asks the question at the end; `is_the_answer` scores the
-first word generated (exact match, case and punctuation ignored).
+answer can be read off the words the question repeats or the position of a fact. `build_babilong_text` hides the
+facts, in their order, at random lines of the filler (`lm_eval_tasks.builders` uses held-out Shakespeare) and asks
+the question at the end; `is_the_answer` scores the first word generated (exact match, case and punctuation
+ignored), cut at `STOP` as the lm-eval tasks cut it.
 """
 
 from __future__ import annotations
