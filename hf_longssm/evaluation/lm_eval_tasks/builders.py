@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 
 from hf_longssm.corpus import DEFAULT_CACHE, HELD_OUT_PLAYS, shakespeare_plays
-from hf_longssm.evaluation.babilong import GENERATORS, build_babilong_text, is_the_answer
+from hf_longssm.evaluation.babilong import GENERATORS, build_babilong_text, held_out_lines, is_the_answer
 from hf_longssm.evaluation.passkey import build_passkey_prompt, is_the_key
 from hf_longssm.loading import load_tokenizer
 
@@ -132,14 +132,10 @@ def process_passkey(doc: dict, results: list[str]) -> dict[str, float]:
 
 
 # ----- bAbI-style fact retrieval in books ----------------------------------------------------------------------
-@lru_cache(maxsize=4)
-def _filler_lines(tokenizer_name: str, cache_dir: str) -> list[tuple[str, int]]:
-    """Non-empty lines of the held-out plays with their token counts (newline included)."""
-    tokenizer = _tokenizer(tokenizer_name)
-    plays = shakespeare_plays(Path(cache_dir))
-    lines = [line for play in sorted(HELD_OUT_PLAYS) for line in plays[play].splitlines() if line.strip()]
-    counts = [len(ids) for ids in tokenizer([line + "\n" for line in lines], add_special_tokens=False)["input_ids"]]
-    return list(zip(lines, counts))
+def _filler_lines(tokenizer_name: str, cache_dir: str) -> tuple[tuple[str, int], ...]:
+    """Non-empty lines of the held-out plays with their token counts (newline included): `babilong.held_out_lines`,
+    the filler `hf-longssm eval --task babilong_*` reads too."""
+    return held_out_lines(_tokenizer(tokenizer_name), cache_dir)
 
 
 def fact_retrieval(**kwargs: Any) -> dict[str, datasets.Dataset]:
