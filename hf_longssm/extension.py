@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from .modeling import prepare_model, ssm_layers, unwrap_model
+from .modeling import get_architecture, prepare_model, ssm_layers, unwrap_model
 from .modeling.base import StatefulMixerMixin
 from .modeling.delta import FilterDelta, ScaleDelta, set_delta_transform
 
@@ -68,6 +68,12 @@ def stateful_mixers(model: torch.nn.Module) -> list[torch.nn.Module]:
     mixers = sorted(
         (m for m in base.modules() if isinstance(m, StatefulMixerMixin)), key=lambda m: getattr(m, "layer_idx", 0)
     )
+    if not all(m.takes_delta_transform for m in mixers):
+        raise ValueError(
+            f"{get_architecture(base).display_name} has no Mamba layers: the training-free length extensions "
+            "(MambaExtend, LongMamba, delta_scale) scale a Mamba layer's Δ. Post-train it with StatePassingTrainer "
+            "instead."
+        )
     expected = len(ssm_layers(base.config))
     if len(mixers) != expected:
         raise RuntimeError(f"Found {len(mixers)} Mamba mixers but the config has {expected} SSM layers.")

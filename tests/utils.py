@@ -78,7 +78,16 @@ def enable_checkpointing(model, **checkpoint_kwargs) -> None:
 
 # Hybrids (Mamba-2 layers with attention layers): tiny configs with a layer of each kind, segments not multiples of the
 # chunk size, grouped-query attention.
-HYBRID_TYPES = ["granitemoehybrid", "bamba", "nemotron_h", "zamba2", "falcon_h1", "jamba"]
+HYBRID_TYPES = [
+    "granitemoehybrid", "bamba", "nemotron_h", "zamba2", "falcon_h1", "jamba", "qwen3_next", "qwen3_5_text",
+    "qwen3_5_moe_text", "olmo_hybrid",
+]  # fmt: skip
+GATED_DELTANET_TYPES = ["qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "olmo_hybrid"]
+# Gated DeltaNet hybrids: linear-attention layers (grouped keys: 2 key heads for 4 value heads) and full attention.
+GATED_DELTANET = dict(
+    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+    linear_conv_kernel_dim=4, layer_types=["linear_attention", "full_attention", "linear_attention"],
+)  # fmt: skip
 
 
 def tiny_hybrid_config(model_type: str, **overrides):
@@ -132,6 +141,31 @@ def tiny_hybrid_config(model_type: str, **overrides):
             num_mem_blocks=1, use_mem_rope=True,
         )  # fmt: skip
         return Zamba2Config(**{**common, **cfg, **overrides})
+    if model_type == "qwen3_next":  # gated attention, experts on every layer
+        from transformers import Qwen3NextConfig
+
+        cfg = dict(
+            num_hidden_layers=3, head_dim=8, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
+            shared_expert_intermediate_size=32, **GATED_DELTANET,
+        )  # fmt: skip
+        return Qwen3NextConfig(**{**common, **cfg, **overrides})
+    if model_type == "qwen3_5_text":
+        from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5TextConfig
+
+        return Qwen3_5TextConfig(**{**common, "num_hidden_layers": 3, "head_dim": 8, **GATED_DELTANET, **overrides})
+    if model_type == "qwen3_5_moe_text":  # experts on every layer
+        from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeTextConfig
+
+        cfg = dict(
+            num_hidden_layers=3, head_dim=8, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
+            shared_expert_intermediate_size=32, **GATED_DELTANET,
+        )  # fmt: skip
+        return Qwen3_5MoeTextConfig(**{**common, **cfg, **overrides})
+    if model_type == "olmo_hybrid":  # negative eigenvalues allowed (beta up to 2)
+        from transformers import OlmoHybridConfig
+
+        cfg = dict(num_hidden_layers=3, linear_allow_neg_eigval=True, **GATED_DELTANET)
+        return OlmoHybridConfig(**{**common, **cfg, **overrides})
     raise ValueError(model_type)
 
 

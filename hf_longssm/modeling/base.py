@@ -147,6 +147,9 @@ class StatefulMixerMixin:
     transformers' forward, used for every other call, carries the same decorator itself.
     """
 
+    # Whether the segment forward applies a length extension's Δ transform (`delta.py`): the Mamba mixers' does.
+    takes_delta_transform = True
+
     def forward(self, hidden_states, *args, **kwargs):
         segment = segment_states_in(args, kwargs)
         if segment is not None:

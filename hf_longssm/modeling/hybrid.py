@@ -68,7 +68,9 @@ def segment_attention_masks(
     if implementation == "eager":
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
     # Keyed by every name a hybrid may look its layers' masks up by (`layers_block_type` or `layer_types` values).
-    masks: dict[str, torch.Tensor | None] = dict.fromkeys(config.layers_block_type)
+    masks: dict[str, torch.Tensor | None] = dict.fromkeys(
+        getattr(config, "layers_block_type", None) or config.layer_types
+    )
     for block, kind in BLOCK_KINDS.items():
         masks[block] = mask if kind == LAYER_ATTENTION else None
     return masks

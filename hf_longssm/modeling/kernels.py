@@ -31,6 +31,8 @@ from .ops import (
     causal_conv1d_ref,
     check_conv_activation,
     discretize,
+    gated_delta_rule_chunked,
+    gated_delta_rule_ref,
     next_conv_state,
     selective_scan_chunked,
     selective_scan_from_zero_with_correction,
@@ -91,10 +93,22 @@ def _import_causal_conv1d_fn() -> tuple[Callable | None, str]:
     return causal_conv1d_fn, ""
 
 
+@functools.cache
+def _import_chunk_gated_delta_rule() -> tuple[Callable | None, str]:
+    if importlib.util.find_spec("fla") is None:
+        return None, "flash-linear-attention is not installed"
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except Exception as err:
+        return None, f"fla's chunk_gated_delta_rule failed to import ({err})"
+    return chunk_gated_delta_rule, ""
+
+
 _KERNEL_IMPORTS: dict[str, Callable[[], tuple[Callable | None, str]]] = {
     "selective_scan_fn": _import_selective_scan_fn,
     "mamba_chunk_scan_combined": _import_mamba_chunk_scan_combined,
     "causal_conv1d_fn": _import_causal_conv1d_fn,
+    "chunk_gated_delta_rule": _import_chunk_gated_delta_rule,
 }
 
 
@@ -126,7 +140,7 @@ def kernel(name: str, tensor: torch.Tensor) -> Callable | None:
     fn, reason = _KERNEL_IMPORTS[name]()
     if fn is None:
         if _flag(_FORCE_ENV):
-            raise RuntimeError(f"{_FORCE_ENV}=1 but mamba-ssm / causal-conv1d's {name} is unavailable: {reason}.")
+            raise RuntimeError(f"{_FORCE_ENV}=1 but the kernel {name} is unavailable: {reason}.")
         _report_missing(name, reason)
     return fn
 
@@ -175,7 +189,8 @@ def report_path(component: str, path: str, tensor: torch.Tensor | None = None) -
 def kernel_availability() -> dict[str, bool]:
     """Whether each kernel function imports here (without touching CUDA tensors), by function name:
     `selective_scan_fn` (Mamba-1), `mamba_chunk_scan_combined` (Mamba-2), `causal_conv1d_fn` (the conv of all
-    three). Each is imported on its own, so one missing build disables only what it serves."""
+    families), `chunk_gated_delta_rule` (Gated DeltaNet, fla). Each is imported on its own, so one missing build
+    disables only what it serves."""
     return {name: load()[0] is not None for name, load in _KERNEL_IMPORTS.items()}
 
 
@@ -298,11 +313,7 @@ def ssd_scan_with_state(
         return ssd_scan_ref(x, dt, A, B, C, D=D, initial_states=initial_states)
     mamba_chunk_scan_combined = kernel("mamba_chunk_scan_combined", x)
     if mamba_chunk_scan_combined is not None:
-        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError(
-                f"{_FORCE_ENV}=1 runs mamba-ssm's Triton kernels on CPU tensors only through Triton's interpreter: "
-                "set TRITON_INTERPRET=1 before mamba_ssm is imported (tests/kernels_cpu/conftest.py)."
-            )
+        _check_triton_on_cpu(x)
         report_path("Mamba-2 chunk scan", "mamba-ssm mamba_chunk_scan_combined")
         return mamba_chunk_scan_combined(
             x,
@@ -322,3 +333,34 @@ def ssd_scan_with_state(
     report_path("Mamba-2 chunk scan", "chunked torch", x)
     dt = discretize(dt, dt_bias, dt_softplus, dt_limit)
     return ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_states)
+
+
+def _check_triton_on_cpu(tensor: torch.Tensor) -> None:
+    if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"{_FORCE_ENV}=1 runs Triton kernels on CPU tensors only through Triton's interpreter: set "
+            "TRITON_INTERPRET=1 before the kernel's package is imported (tests/kernels_cpu/conftest.py)."
+        )
+
+
+def gated_delta_rule_with_state(q, k, v, g, beta, initial_state, chunk_size: int = 64):
+    """Gated DeltaNet from `initial_state` (L2-normalized queries and keys): fla's `chunk_gated_delta_rule` on CUDA
+    when installed, `gated_delta_rule_chunked` otherwise (layouts of `gated_delta_rule_ref`). Returns the output
+    in float32 and the final state `(b, h, k, v)` in float32."""
+    if use_reference():
+        return gated_delta_rule_ref(q, k, v, g, beta, initial_state)
+    chunk_gated_delta_rule = kernel("chunk_gated_delta_rule", q)
+    if chunk_gated_delta_rule is not None:
+        _check_triton_on_cpu(q)
+        report_path("Gated DeltaNet", "fla chunk_gated_delta_rule")
+        heads = v.shape[2]
+        if q.shape[2] != heads:  # grouped keys: one per value head, as the torch path does
+            q = q.repeat_interleave(heads // q.shape[2], dim=2)
+            k = k.repeat_interleave(heads // k.shape[2], dim=2)
+        o, final_state = chunk_gated_delta_rule(
+            q, k, v, g.float(), beta, initial_state=initial_state.float(), output_final_state=True,
+            use_qk_l2norm_in_kernel=True,
+        )  # fmt: skip
+        return o.float(), final_state.float()
+    report_path("Gated DeltaNet", "chunked torch", q)
+    return gated_delta_rule_chunked(q, k, v, g, beta, initial_state, chunk_size=chunk_size)

@@ -12,7 +12,21 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from . import bamba, falcon_h1, falcon_mamba, granitemoehybrid, jamba, mamba, mamba2, nemotron_h, zamba2
+from . import (
+    bamba,
+    falcon_h1,
+    falcon_mamba,
+    granitemoehybrid,
+    jamba,
+    mamba,
+    mamba2,
+    nemotron_h,
+    olmo_hybrid,
+    qwen3_5,
+    qwen3_5_moe,
+    qwen3_next,
+    zamba2,
+)
 from .base import CACHE_ARGUMENTS, LAYER_ATTENTION, LAYER_BOTH, LAYER_SSM, Architecture, StateShapes
 
 
@@ -26,6 +40,10 @@ FAMILIES: tuple[Architecture, ...] = (
     jamba.ARCHITECTURE,
     falcon_h1.ARCHITECTURE,
     zamba2.ARCHITECTURE,
+    qwen3_next.ARCHITECTURE,
+    qwen3_5.ARCHITECTURE,
+    qwen3_5_moe.ARCHITECTURE,
+    olmo_hybrid.ARCHITECTURE,
 )
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {

@@ -9,7 +9,7 @@ triton or mamba_ssm:
 2. `stand_ins/` goes first on `sys.path`: CPU stand-ins of the two compiled extensions (`selective_scan_cuda`,
    `causal_conv1d_cuda`) that keep their C++ checks and compute with the packages' own torch references.
 3. Three adjustments torch 2.13 needs for CPU tensors in mamba-ssm's launchers: `torch.cuda.device(None)` (a CPU
-   tensor's `device.index`) is a no-op; `triton.autotune` keeps one config per kernel (the interpreter cannot
+   tensor's `device.index`) is a no-op; Triton's `Autotuner` keeps one config per kernel (the interpreter cannot
    benchmark; the cheapest one, by mamba-ssm's own rule in `mamba_ssm.utils.determinism`); and
    `torch.cuda.get_device_properties(<cpu device>).multi_processor_count` answers 132 (an H100/H200's count, so the
    backward kernels split work as they do there).
@@ -32,7 +32,7 @@ import torch
 
 
 STAND_INS = Path(__file__).resolve().parent / "stand_ins"
-REQUIRED = ("triton", "einops", "mamba_ssm", "causal_conv1d")
+REQUIRED = ("triton", "einops", "mamba_ssm", "causal_conv1d", "fla")
 SM_COUNT = 132
 
 _active = False
@@ -43,15 +43,36 @@ def _selected(config) -> bool:
     return "kernels_cpu" in markexpr and "not kernels_cpu" not in markexpr
 
 
-def _one_config_autotune(autotune):
-    def autotune_one(configs, *args, **kwargs):
-        def cost(cfg):  # mamba_ssm.utils.determinism._estimate_config_cost
-            blocks = math.prod(v for k, v in cfg.kwargs.items() if k.startswith("BLOCK_SIZE_"))
-            return blocks * (getattr(cfg, "num_stages", 1) or 1)
+def _one_config_autotuner(init):
+    """Triton's `Autotuner` (behind `triton.autotune` and fla's own `CachedAutotuner`) keeping one config."""
 
-        return autotune([min(configs, key=cost)] if configs else configs, *args, **kwargs)
+    def cost(cfg):  # mamba_ssm.utils.determinism._estimate_config_cost; ties (fla's block names): the first
+        blocks = math.prod(v for k, v in cfg.kwargs.items() if k.startswith("BLOCK_SIZE_"))
+        return blocks * (getattr(cfg, "num_stages", 1) or 1)
 
-    return autotune_one
+    def init_one(self, fn, arg_names, configs, *args, **kwargs):
+        init(self, fn, arg_names, [min(configs, key=cost)] if configs else configs, *args, **kwargs)
+
+    return init_one
+
+
+def _tensor_induction_variables(transformer_cls):
+    """In compiled Triton the variable of a `for ... in range(...)` loop is a tensor (`i.to(tl.int64)` works, as
+    fla's kernels use it); the interpreter runs the loop in Python and hands out ints. Rewrite each such loop's body
+    to start with `i = interpreter_semantic.to_tensor(i, False)` (builtin `range` only: `tl.static_range` stays a
+    constant, as compiled)."""
+    import ast
+
+    def visit_for(self, node):
+        self.generic_visit(node)
+        iterates_range = isinstance(node.iter, ast.Call) and getattr(node.iter.func, "id", None) == "range"
+        if iterates_range and isinstance(node.target, ast.Name):
+            to_tensor = ast.Attribute(ast.Name("interpreter_semantic", ast.Load()), "to_tensor", ast.Load())
+            value = ast.Call(to_tensor, [ast.Name(node.target.id, ast.Load()), ast.Constant(False)], [])
+            node.body.insert(0, ast.Assign([ast.Name(node.target.id, ast.Store())], value))
+        return node
+
+    transformer_cls.visit_For = visit_for
 
 
 def _cpu_tolerant_device(device_cls):
@@ -86,9 +107,11 @@ def pytest_configure(config):
         raise pytest.UsageError("tests/kernels_cpu must configure Triton before triton or mamba_ssm is imported.")
     os.environ["TRITON_INTERPRET"] = "1"
     sys.path.insert(0, str(STAND_INS))
-    import triton
+    from triton.runtime import interpreter
+    from triton.runtime.autotuner import Autotuner
 
-    triton.autotune = _one_config_autotune(triton.autotune)
+    Autotuner.__init__ = _one_config_autotuner(Autotuner.__init__)
+    _tensor_induction_variables(interpreter.ASTTransformer)
     torch.cuda.device = _cpu_tolerant_device(torch.cuda.device)
     torch.cuda.get_device_properties = _cpu_device_properties(torch.cuda.get_device_properties)
     _active = True
@@ -132,6 +155,12 @@ def kernel_calls(monkeypatch):
     for key, name in (("chunk_scan_fwd", "_mamba_chunk_scan_combined_fwd"),
                       ("chunk_scan_bwd", "_mamba_chunk_scan_combined_bwd")):  # fmt: skip
         monkeypatch.setattr(ssd_combined, name, counting(key, getattr(ssd_combined, name)))
+    if importlib.util.find_spec("fla") is not None:  # fla's Gated DeltaNet (the [fla] extra)
+        from fla.ops.gated_delta_rule import chunk as gated_delta_chunk
+
+        triton_calls.update(chunk_gated_delta_rule_fwd=0, chunk_gated_delta_rule_bwd=0)
+        for name in ("chunk_gated_delta_rule_fwd", "chunk_gated_delta_rule_bwd"):
+            monkeypatch.setattr(gated_delta_chunk, name, counting(name, getattr(gated_delta_chunk, name)))
     selective_scan_cuda.CALLS.clear()
     causal_conv1d_cuda.CALLS.clear()
 

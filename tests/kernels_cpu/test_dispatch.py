@@ -47,6 +47,7 @@ def test_availability_is_reported_per_function():
         "selective_scan_fn",
         "mamba_chunk_scan_combined",
         "causal_conv1d_fn",
+        "chunk_gated_delta_rule",
     }
     assert all(isinstance(ok, bool) for ok in available.values())
 

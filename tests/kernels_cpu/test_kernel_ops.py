@@ -222,6 +222,7 @@ def test_all_kernel_functions_import_here():
         "selective_scan_fn": True,
         "mamba_chunk_scan_combined": True,
         "causal_conv1d_fn": True,
+        "chunk_gated_delta_rule": True,
     }
 
 

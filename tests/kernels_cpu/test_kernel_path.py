@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import hf_longssm as hl
-from tests.utils import HYBRID_TYPES, MODEL_TYPES, split_points, tiny_hybrid, tiny_model
+from tests.utils import GATED_DELTANET_TYPES, HYBRID_TYPES, MODEL_TYPES, split_points, tiny_hybrid, tiny_model
 
 from .helpers import kernel_branch, relative_error, torch_path
 
@@ -69,7 +69,7 @@ def _assert_close(ours, theirs, dtype, what):
 
 
 def _assert_kernels_ran(model_type, calls, backward=False):
-    scan = "chunk_scan" if model_type == "mamba2" else "selective_scan"
+    scan = {"mamba2": "chunk_scan", "gated_deltanet": "chunk_gated_delta_rule"}.get(model_type, "selective_scan")
     assert calls.get(f"{scan}_fwd", 0) > 0 and calls.get("causal_conv1d_fwd", 0) > 0, calls
     if backward:
         assert calls.get(f"{scan}_bwd", 0) > 0 and calls.get("causal_conv1d_bwd", 0) > 0, calls
@@ -227,7 +227,9 @@ def test_hybrids_segmented_logits_and_gradients_through_attached_states(kernel_c
     for on in (True, False):
         with kernel_branch(on), torch.no_grad():
             logits[on] = torch.cat([o.logits for o in run()], 1)
-    _assert_kernels_ran("mamba" if model_type == "jamba" else "mamba2", kernel_calls())  # Jamba: Mamba-1 layers
+    # Jamba: Mamba-1 layers; Qwen3-Next, Qwen3.5, OLMo-Hybrid: Gated DeltaNet layers (fla's kernel)
+    kind = "mamba" if model_type == "jamba" else "gated_deltanet" if model_type in GATED_DELTANET_TYPES else "mamba2"
+    _assert_kernels_ran(kind, kernel_calls())
     _assert_close(logits[True], logits[False], torch.float32, "logits")
     _compare_gradients(model.train(), lambda: sum(o.loss for o in run()), torch.float32)
 

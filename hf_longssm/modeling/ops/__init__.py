@@ -4,12 +4,14 @@
   its dispatch name `selective_scan_chunked`, and the exact initial-state correction that turns a zero-start kernel
   into a scan from a carried state);
 * `ssd`: Mamba-2 (`ssd_scan_ref`, `ssd_chunk_scan`);
+* `gated_delta`: Gated DeltaNet (`gated_delta_rule_ref`, `gated_delta_rule_chunked`);
 * `conv`: the causal depthwise conv over [carried window, segment] (`causal_conv1d_ref`);
 * `common`: the discretised step and the stable segment sums they share.
 """
 
 from .common import discretize, segsum
 from .conv import causal_conv1d_ref, check_conv_activation, next_conv_state
+from .gated_delta import gated_delta_rule_chunked, gated_delta_rule_ref
 from .selective import (
     initial_state_correction,
     selective_scan,
@@ -24,6 +26,8 @@ __all__ = [
     "causal_conv1d_ref",
     "check_conv_activation",
     "discretize",
+    "gated_delta_rule_chunked",
+    "gated_delta_rule_ref",
     "initial_state_correction",
     "next_conv_state",
     "segsum",
