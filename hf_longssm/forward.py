@@ -17,6 +17,7 @@ from .modeling import (
     kv_shape,
     prepare_model,
     ssm_layers,
+    state_kinds,
     state_shapes,
 )
 from .modeling.hybrid import segment_attention_masks
@@ -50,6 +51,12 @@ def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype
         ours = f"{state.num_layers} layers" + (f" (+{len(state.keys)} attention)" if state.keys else "")
         theirs = f"{len(expected)}" + (f" (+{attention} attention)" if attention else "")
         raise ValueError(f"The state has {ours} but the model has {theirs}: it is another model's state.")
+    names = [kind.name for kind in state_kinds(model.config)]
+    if sorted(state.states) != sorted(names):
+        raise ValueError(
+            f"The state carries {list(state.states)} per layer but this model's layers carry {names}: it is another "
+            "model family's state."
+        )
     if state.batch_size != batch_size:
         raise ValueError(
             f"The state has batch size {state.batch_size} but input_ids has {batch_size} rows. Build a state for "
@@ -62,18 +69,18 @@ def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype
                 f"The state's attention keys have {state.keys[0].shape[1]} heads of {state.keys[0].shape[3]} but the "
                 f"model's have {heads} of {head_dim}: it is another model's state."
             )
-    for layer_idx, ((conv_shape, ssm_shape), conv, ssm) in enumerate(
-        zip(expected, state.conv_states, state.recurrent_states)
-    ):
-        if tuple(conv.shape[1:]) != conv_shape or tuple(ssm.shape[1:]) != ssm_shape:
+    for layer_idx, shapes in enumerate(expected):
+        ours = [tuple(state.states[name][layer_idx].shape) for name in names]
+        if [shape[1:] for shape in ours] != [tuple(shape) for shape in shapes]:
             raise ValueError(
-                f"Layer {layer_idx}: state shapes {tuple(conv.shape)} / {tuple(ssm.shape)} do not match the model "
-                f"({conv_shape} / {ssm_shape} per row)."
+                f"Layer {layer_idx}: state shapes {' / '.join(map(str, ours))} do not match the model "
+                f"({' / '.join(map(str, shapes))} per row)."
             )
     allowed = _compute_dtypes(model, dtype, device)
-    if state.conv_states[0].dtype not in allowed:
+    windows = [state.states[name][0] for name in state.window_names]
+    if windows and windows[0].dtype not in allowed:
         raise ValueError(
-            f"The state's conv windows are {state.conv_states[0].dtype} but the model runs in "
+            f"The state's conv windows are {windows[0].dtype} but the model runs in "
             f"{' or '.join(sorted(str(d) for d in allowed))}: use state.to(dtype={dtype}) or build the state from "
             "this model."
         )
@@ -148,7 +155,7 @@ def forward_with_state(
     checkpointing = getattr(base, "is_activation_checkpointing", None)
     if checkpointing is None:  # older transformers
         checkpointing = base.is_gradient_checkpointing
-    if checkpointing and base.training and any(t.requires_grad for t in state.conv_states + state.recurrent_states):
+    if checkpointing and base.training and any(t.requires_grad for t in state.all_tensors):
         raise ValueError(
             "Gradient checkpointing cannot backpropagate into a carried state that requires grad. Detach the state "
             "(state.detach(), as TBTT and state passing do) or set `activation_checkpointing=False` "
@@ -164,9 +171,9 @@ def forward_with_state(
 
     length = reference.shape[1]
     kept = state.kept_keys(length)
+    names = [kind.name for kind in state_kinds(base.config)]
     segment = SegmentStates(
-        state.conv_states,
-        state.recurrent_states,
+        [state.states[name] for name in names],
         ssm_layers(base.config),
         state.keys,
         state.values,
@@ -187,8 +194,7 @@ def forward_with_state(
     keep_cache = cache_kept_under_checkpointing(base) if checkpointing and base.training else contextlib.nullcontext()
     with keep_cache:
         output = model(input_ids=input_ids, use_cache=False, **kwargs)
-    conv, ssm = segment.final_states()
-    final = state._with(conv_states=conv, recurrent_states=ssm, position=state.position + length)
+    final = state._with(states=dict(zip(names, segment.final_states())), position=state.position + length)
     if state.attention_state == "window" and state.attention_window is None:
         final.attention_window = kept  # the default window (the first segment's length) stays for later segments
     if state.keys:

@@ -1,28 +1,35 @@
-"""`CarriedState`: the recurrent state of every layer of a Mamba-family model, carried between segments.
+"""`CarriedState`: the recurrent state of every layer of a supported model, carried between segments.
 
 This is the only module that touches the internals of transformers' cache objects (`to_cache` / `from_cache`).
-Per layer the state is the conv window and the SSM state, in transformers' own layout:
+Each stateful layer carries the tensors its family's state kinds name (`Architecture.state_kinds`), in transformers'
+own layout; `state.states[name]` is the list over layers of one kind:
 
-* Mamba / FalconMamba: `conv_state (batch, intermediate_size, conv_kernel)`,
-  `recurrent_state (batch, intermediate_size, state_size)`;
-* Mamba-2: `conv_state (batch, intermediate_size + 2 * n_groups * state_size, conv_kernel)`,
-  `recurrent_state (batch, num_heads, head_dim, state_size)`.
+* Mamba / FalconMamba: `conv_states (batch, intermediate_size, conv_kernel)`,
+  `recurrent_states (batch, intermediate_size, state_size)`;
+* Mamba-2: `conv_states (batch, intermediate_size + 2 * n_groups * state_size, conv_kernel)`,
+  `recurrent_states (batch, num_heads, head_dim, state_size)`;
+* Gated DeltaNet (Qwen3-Next, Qwen3.5, OLMo-Hybrid): `conv_states (batch, 2 * key_dim + value_dim, conv_kernel)`,
+  `recurrent_states (batch, value_heads, key_head_dim, value_head_dim)`;
+* LFM2's short convolutions: `conv_states (batch, hidden_size, conv_L_cache)` alone.
 
-Hybrids (Mamba layers with attention layers) carry, besides the SSM layers' states, each attention layer's keys and
+A kind is a *window* (recent inputs: conv windows) or accumulates over the sequence (recurrent states). Every init
+starts windows at zero; the noise inits perturb the accumulating kinds, per layer and head.
+
+Hybrids (stateful layers with attention layers) carry, besides those states, each attention layer's keys and
 values `(batch, num_key_value_heads, carried, head_dim)` (rotated at their own positions), which of them are valid
 (`key_valid (batch, carried)`: False where a row's document restarted) and the tokens read so far (`position`, for
 the positions of the next segment). How many keys are kept is `attention_state`: `"window"` (the last
 `attention_window` tokens, default: a segment's length; memory stays bounded), `"none"` (attention sees its segment
 only) or `"full"` (every key: exact, memory grows with the input).
 
-Dimension 1 of every recurrent state is the "head" axis (a channel for Mamba-1): fitted noise is per layer and head.
-Every operation returns a new object with new tensors; nothing is written in place, so a state that autograd saved
-for a backward pass is never modified.
+Dimension 1 of every accumulating state is the "head" axis (a channel for Mamba-1): fitted noise is per layer and
+head. Every operation returns a new object with new tensors; nothing is written in place, so a state that autograd
+saved for a backward pass is never modified.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import DynamicCache, PretrainedConfig
@@ -33,12 +40,16 @@ from .modeling import (
     input_device,
     kv_shape,
     ssm_layers,
+    state_kinds,
     state_shapes,
     unwrap_model,
+    window_state_names,
 )
 
 
 ATTENTION_STATES = ("window", "none", "full")
+# `state_dict` keys that are not per-layer states
+_ATTENTION_KEYS = ("keys", "values", "key_valid", "position", "attention_policy")
 
 
 def _model_info(model) -> tuple[PretrainedConfig, torch.device, torch.dtype]:
@@ -49,23 +60,27 @@ def _model_info(model) -> tuple[PretrainedConfig, torch.device, torch.dtype]:
 
 
 class CarriedState:
-    """The per-layer conv windows and SSM states of a batch of streams.
+    """The per-layer states (conv windows, recurrent states...) of a batch of streams.
 
     Build one with `zeros`, `random_noise`, `fitted_noise` or `from_cache`; `forward_with_state` returns the final
     state of a segment as a new `CarriedState`.
 
     Args:
-        conv_states (`list[torch.Tensor]`): one conv window per layer, `(batch, conv_dim, conv_kernel)`.
-        recurrent_states (`list[torch.Tensor]`): one SSM state per layer (see the module docstring for shapes).
+        conv_states (`list[torch.Tensor]`, *optional*): one conv window per layer, `(batch, conv_dim, conv_kernel)`.
+        recurrent_states (`list[torch.Tensor]`, *optional*): one recurrent state per layer (see the module
+            docstring for shapes).
         config (`PretrainedConfig`, *optional*): the model's config, needed by `to_cache`.
+        states (`Mapping[str, list[torch.Tensor]]`, *optional*): every kind by name, in the family's order, instead
+            of `conv_states` and `recurrent_states` (a family whose layers carry other kinds).
     """
 
     def __init__(
         self,
-        conv_states: Sequence[torch.Tensor],
-        recurrent_states: Sequence[torch.Tensor],
+        conv_states: Sequence[torch.Tensor] | None = None,
+        recurrent_states: Sequence[torch.Tensor] | None = None,
         config: PretrainedConfig | None = None,
         *,
+        states: Mapping[str, Sequence[torch.Tensor]] | None = None,
         keys: Sequence[torch.Tensor] = (),
         values: Sequence[torch.Tensor] = (),
         key_valid: torch.Tensor | None = None,
@@ -73,16 +88,24 @@ class CarriedState:
         attention_state: str = "window",
         attention_window: int | None = None,
     ):
-        if len(conv_states) != len(recurrent_states):
-            raise ValueError(f"Got {len(conv_states)} conv states but {len(recurrent_states)} recurrent states.")
+        if states is None:
+            if conv_states is None or recurrent_states is None:
+                raise ValueError("Pass conv_states and recurrent_states, or states={kind name: per-layer tensors}.")
+            states = {"conv_states": conv_states, "recurrent_states": recurrent_states}
+        elif conv_states is not None or recurrent_states is not None:
+            raise ValueError("Pass either states= or conv_states and recurrent_states, not both.")
+        self.states = {name: list(tensors) for name, tensors in states.items()}
+        if not self.states:
+            raise ValueError("A state needs at least one state kind.")
+        lengths = {name: len(tensors) for name, tensors in self.states.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"Every state kind needs one tensor per layer; got {lengths}.")
         if len(keys) != len(values):
             raise ValueError(f"Got {len(keys)} key tensors but {len(values)} value tensors.")
         if attention_state not in ATTENTION_STATES:
             raise ValueError(f"attention_state must be one of {list(ATTENTION_STATES)}, got {attention_state!r}.")
         if attention_window is not None and attention_window < 1:
             raise ValueError(f"attention_window must be >= 1 (or None: a segment's length), got {attention_window}.")
-        self.conv_states = list(conv_states)
-        self.recurrent_states = list(recurrent_states)
         self.config = config
         self.keys, self.values = list(keys), list(values)
         if key_valid is None and self.keys:
@@ -118,72 +141,134 @@ class CarriedState:
             batch_size (`int`): number of streams.
             device (*optional*): defaults to the device the model takes its inputs on (with a `device_map`, each
                 layer moves its part to its own device on first use).
-            dtype (`torch.dtype`, *optional*): dtype of the conv windows; defaults to the model's dtype.
-            state_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the SSM states. The scans
-                compute in float32, so float32 loses nothing between segments.
+            dtype (`torch.dtype`, *optional*): dtype of the windows (conv windows); defaults to the model's dtype.
+            state_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the accumulating states.
+                The scans compute in float32, so float32 loses nothing between segments.
             attention: `attention_state` and `attention_window` of a hybrid (see the module docstring).
         """
         config, model_device, model_dtype = _model_info(model)
         device = model_device if device is None else device
         dtype = model_dtype if dtype is None else dtype
         shapes = state_shapes(config)
-        conv = [torch.zeros(batch_size, *conv_shape, device=device, dtype=dtype) for conv_shape, _ in shapes]
-        ssm = [torch.zeros(batch_size, *ssm_shape, device=device, dtype=state_dtype) for _, ssm_shape in shapes]
+        states = {
+            kind.name: [
+                torch.zeros(batch_size, *layer[k], device=device, dtype=dtype if kind.window else state_dtype)
+                for layer in shapes
+            ]
+            for k, kind in enumerate(state_kinds(config))
+        }
         keys = []
         if attention_layers(config):  # a hybrid: no key carried yet
             heads, head_dim = kv_shape(config)
             empty = torch.zeros(batch_size, heads, 0, head_dim, device=device, dtype=dtype)
             keys = [empty] * len(attention_layers(config))
-        return cls(conv, ssm, config, keys=keys, values=keys, **attention)
+        return cls(config=config, states=states, keys=keys, values=keys, **attention)
 
     @classmethod
     def random_noise(
         cls, model, batch_size: int, std: float, *, generator: torch.Generator | None = None, **kwargs
     ) -> CarriedState:
-        """IID Gaussian SSM states with one `std` for all layers and heads; conv windows start at zero.
+        """IID Gaussian accumulating states (SSM states) with one `std` for all layers and heads; windows start at
+        zero.
 
         The papers' "Random Noise" intervention perturbs the SSM state, the part that accumulates over a long
         sequence; the conv window only spans `conv_kernel - 1` tokens.
         """
         state = cls.zeros(model, batch_size, **kwargs)
-        ssm = [
-            torch.randn(s.shape, generator=generator, device="cpu", dtype=torch.float32).to(s.device, s.dtype) * std
-            for s in state.recurrent_states
-        ]
-        return state._with(recurrent_states=ssm)
+        noised = {
+            name: [
+                torch.randn(s.shape, generator=generator, device="cpu", dtype=torch.float32).to(s.device, s.dtype)
+                * std
+                for s in state.states[name]
+            ]
+            for name in state.accumulating_names
+        }
+        return state._with(states={**state.states, **noised})
 
     @classmethod
     def fitted_noise(
         cls, model, batch_size: int, stats: FittedNoiseStats, *, generator: torch.Generator | None = None, **kwargs
     ) -> CarriedState:
-        """Gaussian SSM states with the per-layer, per-head mean and std in `stats`; conv windows start at zero."""
+        """Gaussian accumulating states with the per-layer, per-head mean and std in `stats`; windows start at
+        zero."""
         state = cls.zeros(model, batch_size, **kwargs)
-        if stats.num_layers != len(state.recurrent_states):
-            raise ValueError(f"Fitted statistics cover {stats.num_layers} layers, the model has {state.num_layers}.")
-        ssm = []
-        for layer_idx, s in enumerate(state.recurrent_states):
+        targets = state.noised_tensors()
+        if stats.num_layers != len(targets):
+            raise ValueError(
+                f"Fitted statistics cover {stats.num_layers} layers, the model has {state.num_layers}"
+                + (f" ({len(targets)} noised states)" if len(targets) != state.num_layers else "")
+                + "."
+            )
+        noised = []
+        for layer_idx, s in enumerate(targets):
             mean, std = stats.mean(layer_idx), stats.std(layer_idx)
             if mean.shape[0] != s.shape[1]:
                 raise ValueError(f"Fitted statistics of layer {layer_idx}: {mean.shape[0]} heads, not {s.shape[1]}.")
             view = (1, -1) + (1,) * (s.dim() - 2)
             noise = torch.randn(s.shape, generator=generator, device="cpu", dtype=torch.float32)
-            ssm.append((noise * std.view(view) + mean.view(view)).to(s.device, s.dtype))
-        return state._with(recurrent_states=ssm)
+            noised.append((noise * std.view(view) + mean.view(view)).to(s.device, s.dtype))
+        return state._with_noised(noised)
 
     # ----- properties -------------------------------------------------------------------------------------------
     @property
+    def conv_states(self) -> list[torch.Tensor]:
+        """The conv windows, one per layer (families with a conv)."""
+        return self._kind("conv_states")
+
+    @property
+    def recurrent_states(self) -> list[torch.Tensor]:
+        """The recurrent (SSM) states, one per layer (families with one)."""
+        return self._kind("recurrent_states")
+
+    def _kind(self, name: str) -> list[torch.Tensor]:
+        if name not in self.states:
+            family = getattr(self.config, "model_type", "this model")
+            raise AttributeError(f"{family}'s layers carry {list(self.states)}, not {name}: read state.states[...].")
+        return self.states[name]
+
+    @property
+    def window_names(self) -> list[str]:
+        """The kinds that are windows of recent inputs (zero in every init)."""
+        if self.config is not None:
+            windows = {kind.name for kind in state_kinds(self.config) if kind.window}
+        else:
+            windows = window_state_names()
+        return [name for name in self.states if name in windows]
+
+    @property
+    def accumulating_names(self) -> list[str]:
+        """The kinds that accumulate over the sequence (what the noise inits perturb)."""
+        return [name for name in self.states if name not in self.window_names]
+
+    def noised_tensors(self) -> list[torch.Tensor]:
+        """The accumulating states, kind by kind then layer by layer (what `FittedNoiseStats` tracks)."""
+        return [t for name in self.accumulating_names for t in self.states[name]]
+
+    def _with_noised(self, tensors: Sequence[torch.Tensor]) -> CarriedState:
+        states, tensors = dict(self.states), list(tensors)
+        for name in self.accumulating_names:
+            states[name], tensors = tensors[: self.num_layers], tensors[self.num_layers :]
+        return self._with(states=states)
+
+    @property
+    def all_tensors(self) -> list[torch.Tensor]:
+        """Every per-layer state tensor (not the attention keys)."""
+        return [t for tensors in self.states.values() for t in tensors]
+
+    @property
     def num_layers(self) -> int:
-        return len(self.recurrent_states)
+        return len(next(iter(self.states.values())))
 
     @property
     def batch_size(self) -> int:
-        return self.recurrent_states[0].shape[0]
+        return self.all_tensors[0].shape[0]
 
     @property
     def device(self) -> torch.device:
         """The first layer's device. With a `device_map` spreading layers over devices each layer's state lives on
         that layer's device, so the layers may differ."""
-        return self.recurrent_states[0].device
+        names = self.accumulating_names or list(self.states)
+        return self.states[names[0]][0].device
 
     @property
     def num_keys(self) -> int:
@@ -191,9 +276,12 @@ class CarriedState:
         return self.keys[0].shape[-2] if self.keys else 0
 
     def _with(self, **changes) -> CarriedState:
+        """A new state with `changes`: fields of the constructor, or one state kind by name."""
+        states = dict(changes.pop("states", self.states))
+        for name in [name for name in changes if name in states]:
+            states[name] = changes.pop(name)
         fields = dict(
-            conv_states=self.conv_states,
-            recurrent_states=self.recurrent_states,
+            states=states,
             config=self.config,
             keys=self.keys,
             values=self.values,
@@ -206,8 +294,7 @@ class CarriedState:
 
     def _map(self, fn) -> CarriedState:
         return self._with(
-            conv_states=[fn(t) for t in self.conv_states],
-            recurrent_states=[fn(t) for t in self.recurrent_states],
+            states={name: [fn(t) for t in tensors] for name, tensors in self.states.items()},
             keys=[fn(t) for t in self.keys],
             values=[fn(t) for t in self.values],
         )
@@ -236,10 +323,7 @@ class CarriedState:
         def zero_rows(t):  # `.to`: layers may live on different devices (a `device_map`); a no-op otherwise
             return t.masked_fill(mask.to(t.device).view(-1, *([1] * (t.dim() - 1))), 0)
 
-        reset = self._with(
-            conv_states=[zero_rows(t) for t in self.conv_states],
-            recurrent_states=[zero_rows(t) for t in self.recurrent_states],
-        )
+        reset = self._with(states={name: [zero_rows(t) for t in tensors] for name, tensors in self.states.items()})
         if self.key_valid is not None:  # a restarted row's carried keys are masked out, not zeroed (a zero key counts)
             reset.key_valid = self.key_valid & ~mask.to(self.key_valid.device)[:, None]
         return reset
@@ -253,15 +337,21 @@ class CarriedState:
         return permuted
 
     def norms(self) -> torch.Tensor:
-        """Per-layer L2 norm of the SSM state, averaged over the batch rows: `FloatTensor[num_layers]`."""
-        norms = [s.detach().float().flatten(1).norm(dim=1).mean() for s in self.recurrent_states]
-        return torch.stack([n.to(self.device) for n in norms])  # per-layer devices (a `device_map`): see `reset`
+        """Per-layer L2 norm of the accumulating states (the windows of a family without one), averaged over the
+        batch rows: `FloatTensor[num_layers]`."""
+        names = self.accumulating_names or self.window_names or list(self.states)
+        norms = []
+        for layer_idx in range(self.num_layers):
+            parts = [self.states[name][layer_idx].detach().float().flatten(1) for name in names]
+            norm = sum(p.square().sum(dim=1).to(parts[0].device) for p in parts).sqrt().mean()
+            norms.append(norm.to(self.device))  # per-layer devices (a `device_map`): see `reset`
+        return torch.stack(norms)
 
     # ----- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Flat, contiguous tensors (`conv_states.{i}`, `recurrent_states.{i}`) for `torch.save` / safetensors."""
-        out = {f"conv_states.{i}": t.detach().contiguous() for i, t in enumerate(self.conv_states)}
-        out.update({f"recurrent_states.{i}": t.detach().contiguous() for i, t in enumerate(self.recurrent_states)})
+        """Flat, contiguous tensors (`conv_states.{i}`, `recurrent_states.{i}`, one prefix per state kind) for
+        `torch.save` / safetensors."""
+        out = {f"{name}.{i}": t.detach().contiguous() for name in self.states for i, t in enumerate(self.states[name])}
         if self.keys:  # a hybrid's attention layers
             out.update({f"keys.{i}": t.detach().contiguous() for i, t in enumerate(self.keys)})
             out.update({f"values.{i}": t.detach().contiguous() for i, t in enumerate(self.values)})
@@ -275,18 +365,26 @@ class CarriedState:
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor], config: PretrainedConfig | None = None, **policy):
         """The state `state_dict` holds; `policy` (`attention_state`, `attention_window`) replaces a saved one."""
-        num_layers = sum(1 for k in state_dict if k.startswith("recurrent_states."))
-        conv = [state_dict[f"conv_states.{i}"] for i in range(num_layers)]
-        ssm = [state_dict[f"recurrent_states.{i}"] for i in range(num_layers)]
-        num_attention = sum(1 for k in state_dict if k.startswith("keys."))
-        keys = [state_dict[f"keys.{i}"] for i in range(num_attention)]
-        values = [state_dict[f"values.{i}"] for i in range(num_attention)]
+        names = []
+        for key in state_dict:
+            name = key.split(".")[0]
+            if name not in _ATTENTION_KEYS and name not in names:
+                names.append(name)
+        if config is not None:  # the family's order (a safetensors file sorts its keys)
+            order = [kind.name for kind in state_kinds(config)]
+            names.sort(key=lambda name: order.index(name) if name in order else len(order))
+
+        def per_layer(name):
+            return [state_dict[f"{name}.{i}"] for i in range(sum(1 for k in state_dict if k.startswith(name + ".")))]
+
+        states = {name: per_layer(name) for name in names}
+        keys, values = per_layer("keys"), per_layer("values")
         attention = {"key_valid": state_dict["key_valid"], "position": int(state_dict["position"])} if keys else {}
         if "attention_policy" in state_dict:  # the saved policy, unless the caller gives one
             code, window = state_dict["attention_policy"].tolist()
             saved = {"attention_state": ATTENTION_STATES[code], "attention_window": None if window < 0 else window}
             policy = {**saved, **policy}
-        return cls(conv, ssm, config, keys=keys, values=values, **attention, **policy)
+        return cls(config=config, states=states, keys=keys, values=values, **attention, **policy)
 
     # ----- transformers' cache ----------------------------------------------------------------------------------
     def to_cache(self, config: PretrainedConfig | None = None) -> DynamicCache:
@@ -310,6 +408,12 @@ class CarriedState:
         config = config if config is not None else self.config
         if config is None:
             raise ValueError("to_cache needs the model config: pass `config=model.config`.")
+        unknown = set(self.states) - {"conv_states", "recurrent_states"}
+        if unknown:
+            raise ValueError(
+                f"to_cache fills transformers' conv and recurrent states; {config.model_type}'s layers also carry "
+                f"{sorted(unknown)}. Continue this state with hf_longssm.forward_with_state."
+            )
         hybrid = bool(self.keys)
         if hybrid and self.num_keys != self.position:
             raise ValueError(
@@ -323,9 +427,12 @@ class CarriedState:
                 "before it. Continue such rows with forward_with_state, or read each row's own document alone."
             )
         cache = DynamicCache(config=config)
-        for layer_idx, conv, ssm in zip(ssm_layers(config), self.conv_states, self.recurrent_states):
-            cache.update_conv_state(conv.detach().clone(), layer_idx, conv_kernel_size=conv.shape[-1])
-            cache.update_recurrent_state(ssm.detach().clone(), layer_idx)
+        for slot, layer_idx in enumerate(ssm_layers(config)):
+            if "conv_states" in self.states:
+                conv = self.states["conv_states"][slot]
+                cache.update_conv_state(conv.detach().clone(), layer_idx, conv_kernel_size=conv.shape[-1])
+            if "recurrent_states" in self.states:
+                cache.update_recurrent_state(self.states["recurrent_states"][slot].detach().clone(), layer_idx)
         for layer_idx, keys, values in zip(attention_layers(config), self.keys, self.values):
             cache.update(keys.detach().clone(), values.detach().clone(), layer_idx)
         # From transformers 5.25 a linear-attention cache layer counts the tokens it has seen, and `generate` feeds
@@ -357,11 +464,9 @@ class CarriedState:
         return cls(conv, ssm, config)
 
     def __repr__(self) -> str:
-        return (
-            f"CarriedState(num_layers={self.num_layers}, batch_size={self.batch_size}, "
-            f"conv={tuple(self.conv_states[0].shape)}, recurrent={tuple(self.recurrent_states[0].shape)}, "
-            f"device={self.device})"
-        )
+        shapes = ", ".join(f"{name}={tuple(tensors[0].shape)}" for name, tensors in self.states.items())
+        layers = f"num_layers={self.num_layers}, batch_size={self.batch_size}"
+        return f"CarriedState({layers}, {shapes}, device={self.device})"
 
 
 class FittedNoiseStats:
@@ -386,9 +491,10 @@ class FittedNoiseStats:
 
     @torch.no_grad()
     def update(self, state: CarriedState) -> None:
-        if state.num_layers != self.num_layers:
-            raise ValueError(f"State has {state.num_layers} layers, the statistics {self.num_layers}.")
-        for layer_idx, s in enumerate(state.recurrent_states):
+        tensors = state.noised_tensors()  # one "layer" of the statistics per accumulating kind and layer
+        if len(tensors) != self.num_layers:
+            raise ValueError(f"State has {len(tensors)} noised layers, the statistics {self.num_layers}.")
+        for layer_idx, s in enumerate(tensors):
             per_head = s.detach().double().transpose(0, 1).flatten(1).cpu()  # (heads, everything else)
             if self.sum[layer_idx] is None:
                 self.sum[layer_idx] = torch.zeros(per_head.shape[0], dtype=torch.float64)

@@ -80,7 +80,7 @@ def enable_checkpointing(model, **checkpoint_kwargs) -> None:
 # chunk size, grouped-query attention.
 HYBRID_TYPES = [
     "granitemoehybrid", "bamba", "nemotron_h", "zamba2", "falcon_h1", "jamba", "qwen3_next", "qwen3_5_text",
-    "qwen3_5_moe_text", "olmo_hybrid",
+    "qwen3_5_moe_text", "olmo_hybrid", "lfm2", "lfm2_moe",
 ]  # fmt: skip
 GATED_DELTANET_TYPES = ["qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "olmo_hybrid"]
 # Gated DeltaNet hybrids: linear-attention layers (grouped keys: 2 key heads for 4 value heads) and full attention.
@@ -166,6 +166,14 @@ def tiny_hybrid_config(model_type: str, **overrides):
 
         cfg = dict(num_hidden_layers=3, linear_allow_neg_eigval=True, **GATED_DELTANET)
         return OlmoHybridConfig(**{**common, **cfg, **overrides})
+    if model_type in ("lfm2", "lfm2_moe"):  # short-conv layers (window only) and attention; LFM2-MoE's experts
+        from transformers import Lfm2Config, Lfm2MoeConfig
+
+        cfg = dict(num_hidden_layers=3, layer_types=["conv", "full_attention", "conv"], conv_L_cache=3)
+        if model_type == "lfm2_moe":
+            moe = dict(num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32, num_dense_layers=1)
+            return Lfm2MoeConfig(**{**common, **cfg, **moe, **overrides})
+        return Lfm2Config(**{**common, **cfg, **overrides})
     raise ValueError(model_type)
 
 

@@ -6,7 +6,7 @@ transformers' Mamba internals) -> `ops/` (kernel-free maths) -> `kernels.py` (di
 """
 
 from . import compat  # noqa: F401 (first: the version check)  # isort: skip
-from .base import Architecture, SegmentStates, StatefulMixerMixin
+from .base import Architecture, SegmentStates, StatefulMixerMixin, StateKind
 from .kernels import kernel_availability, reference_scans
 from .ops import selective_scan
 from .registry import (
@@ -20,8 +20,10 @@ from .registry import (
     layer_kinds,
     prepare_model,
     ssm_layers,
+    state_kinds,
     state_shapes,
     unwrap_model,
+    window_state_names,
 )
 
 
@@ -30,6 +32,7 @@ __all__ = [
     "Architecture",
     "attention_layers",
     "SegmentStates",
+    "StateKind",
     "StatefulMixerMixin",
     "cache_argument",
     "cache_kept_under_checkpointing",
@@ -42,6 +45,8 @@ __all__ = [
     "selective_scan",
     "prepare_model",
     "ssm_layers",
+    "state_kinds",
     "state_shapes",
     "unwrap_model",
+    "window_state_names",
 ]

@@ -1,14 +1,15 @@
 """What every model family declares (`Architecture`) and the machinery its stateful mixer shares.
 
-A family file (`mamba.py`, `falcon_mamba.py`, `mamba2.py`) provides one `ARCHITECTURE` with:
+A family file (`mamba.py`, `falcon_mamba.py`, `mamba2.py`, ...) provides one `ARCHITECTURE` with:
 
 * `model_types`: the `config.model_type` values it serves;
 * `display_name`: how cards and logs name it;
 * `lora_target_modules`: default LoRA targets whose adapters train (peft has no defaults for these models);
-* `state_shapes(config)`: per layer, the `(conv_state, recurrent_state)` shapes without the batch dimension, in
-  transformers' own `DynamicCache` layout;
+* `state_kinds`: the tensors one stateful layer carries, in order (`StateKind`): Mamba's conv window and SSM state
+  by default; a short-conv layer (LFM2) its window alone;
+* `state_shapes(config)`: one shape per state kind, without the batch dimension, in transformers' own cache layout;
 * `stateful_mixers`: `{transformers mixer class: stateful subclass}`; the subclass mixes in `StatefulMixerMixin`
-  and defines `segment_forward(hidden_states, conv_state, recurrent_state) -> (output, conv_state, recurrent_state)`.
+  and defines `segment_forward(hidden_states, *states) -> (output, *states)`, one state per kind, in order.
 
 `registry.py` only collects the families: adding one means adding its file and naming it there.
 """
@@ -24,7 +25,25 @@ from transformers import PretrainedConfig
 from .delta import refuse_plain_forward
 
 
-StateShapes = tuple[tuple[int, ...], tuple[int, ...]]
+StateShapes = tuple[tuple[int, ...], ...]  # one shape per state kind
+
+
+@dataclass(frozen=True)
+class StateKind:
+    """One tensor a stateful layer carries between segments.
+
+    Args:
+        name (`str`): how `CarriedState` and its files name the per-layer list (`"conv_states"`, ...).
+        window (`bool`): a window of the layer's recent inputs (a conv window, a token shift). It starts at zero
+            under every state init: the noise inits perturb only the states that accumulate over the sequence.
+    """
+
+    name: str
+    window: bool = False
+
+
+# Mamba's (and every layer with a short conv before a recurrence): the conv window, then the recurrent state.
+CONV_AND_RECURRENT = (StateKind("conv_states", window=True), StateKind("recurrent_states"))
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,7 @@ class Architecture:
     lora_target_modules: tuple[str, ...]
     state_shapes: Callable[[PretrainedConfig], StateShapes]
     stateful_mixers: dict[type, type] = field(default_factory=dict)
+    state_kinds: tuple[StateKind, ...] = CONV_AND_RECURRENT
     # Hybrids: what each layer holds, `LAYER_SSM` (conv window + SSM state), `LAYER_ATTENTION` (keys and values),
     # `LAYER_BOTH` (both side by side, Falcon-H1) or `LAYER_NONE` (an MLP, MoE...). Pure families: all `LAYER_SSM`.
     layer_kinds: Callable[[PretrainedConfig], list[str]] | None = None
@@ -54,8 +74,9 @@ class SegmentStates:
     initial states and overwrites the slots with equal values, so it stays exact.
 
     Args:
-        conv_states, recurrent_states (`Sequence[torch.Tensor]`): the initial state of every SSM layer.
-        ssm_layers (`Sequence[int]`, *optional*): the `layer_idx` of each SSM layer (default: all, in order).
+        states (`Sequence[Sequence[torch.Tensor]]`): per state kind (`Architecture.state_kinds`, in order), the
+            initial state of every stateful layer.
+        ssm_layers (`Sequence[int]`, *optional*): the `layer_idx` of each stateful layer (default: all, in order).
         keys, values (`Sequence[torch.Tensor]`, *optional*): the carried keys and values of every attention layer,
             `(batch, num_key_value_heads, carried_length, head_dim)`, already rotated at their positions.
         attention_layers (`Sequence[int]`, *optional*): the `layer_idx` of each attention layer.
@@ -65,19 +86,18 @@ class SegmentStates:
 
     def __init__(
         self,
-        conv_states: Sequence[torch.Tensor],
-        recurrent_states: Sequence[torch.Tensor],
+        states: Sequence[Sequence[torch.Tensor]],
         ssm_layers: Sequence[int] | None = None,
         keys: Sequence[torch.Tensor] = (),
         values: Sequence[torch.Tensor] = (),
         attention_layers: Sequence[int] = (),
         attention_window: int | None = None,
     ):
-        self.conv_states, self.recurrent_states = list(conv_states), list(recurrent_states)
-        ssm_layers = range(len(self.conv_states)) if ssm_layers is None else ssm_layers
+        self.states = [list(kind) for kind in states]
+        num_layers = len(self.states[0])
+        ssm_layers = range(num_layers) if ssm_layers is None else ssm_layers
         self.ssm_slots = {layer_idx: slot for slot, layer_idx in enumerate(ssm_layers)}
-        self.final_conv: list[torch.Tensor | None] = [None] * len(self.conv_states)
-        self.final_recurrent: list[torch.Tensor | None] = [None] * len(self.recurrent_states)
+        self.final: list[list[torch.Tensor | None]] = [[None] * num_layers for _ in self.states]
         self.keys, self.values = list(keys), list(values)
         self.attention_slots = {layer_idx: slot for slot, layer_idx in enumerate(attention_layers)}
         self.attention_window = attention_window
@@ -86,20 +106,17 @@ class SegmentStates:
 
     def run_layer(self, mixer, hidden_states: torch.Tensor) -> torch.Tensor:
         idx = self.ssm_slots[mixer.layer_idx]
-        initial_conv, initial_recurrent = self.conv_states[idx], self.recurrent_states[idx]
         # Each layer's state lives where the layer runs: with a `device_map` spreading layers over devices,
         # accelerate's hook has moved `hidden_states` to this layer's execution device, and a state built elsewhere
         # (zeros on the input device, a state loaded on the CPU) moves there once; the final state stays there for
         # the next segment. `.to` is differentiable: gradients still reach a state that requires them.
-        if initial_conv.device != hidden_states.device:
-            initial_conv = initial_conv.to(hidden_states.device)
-        if initial_recurrent.device != hidden_states.device:
-            initial_recurrent = initial_recurrent.to(hidden_states.device)
-        out, conv, ssm = mixer.segment_forward(hidden_states, initial_conv, initial_recurrent)
-        # The final state keeps the initial state's dtypes: under autocast the conv window comes out in the autocast
+        initial = [kind[idx] for kind in self.states]
+        initial = [t.to(hidden_states.device) if t.device != hidden_states.device else t for t in initial]
+        out, *final = mixer.segment_forward(hidden_states, *initial)
+        # The final state keeps the initial state's dtypes: under autocast a conv window comes out in the autocast
         # dtype, and a state must stay valid for the next segment whatever precision this one ran in.
-        self.final_conv[idx] = conv.to(initial_conv.dtype)
-        self.final_recurrent[idx] = ssm.to(initial_recurrent.dtype)
+        for slots, before, after in zip(self.final, initial, final):
+            slots[idx] = after.to(before.dtype)
         return out
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -118,13 +135,13 @@ class SegmentStates:
         """Carried keys before the segment (what a hybrid's forward asks its cache for positions)."""
         return self.keys[0].shape[-2] if self.keys else 0
 
-    def final_states(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """`(conv_states, recurrent_states)` after the segment, one per SSM layer."""
-        missing = [i for i, s in enumerate(self.final_recurrent) if s is None]
+    def final_states(self) -> list[list[torch.Tensor]]:
+        """Per state kind, the state of every stateful layer after the segment."""
+        missing = [i for i, s in enumerate(self.final[0]) if s is None]
         missing += [i for i, s in enumerate(self.final_keys) if s is None]
         if missing:
             raise RuntimeError(f"Layers {missing} did not run through hf_longssm's stateful layers.")
-        return list(self.final_conv), list(self.final_recurrent)
+        return [list(kind) for kind in self.final]
 
     def final_attention(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """`(keys, values)` kept after the segment, one per attention layer."""

@@ -20,8 +20,9 @@ from .mamba2 import mamba2_mixer_forward_with_state
 
 # `config.layers_block_type` values (transformers 5.21-5.25) and what they hold.
 BLOCK_KINDS = {
-    "linear_attention": LAYER_SSM,
+    "linear_attention": LAYER_SSM,  # Gated DeltaNet (Qwen3-Next, Qwen3.5, OLMo-Hybrid)
     "mamba": LAYER_SSM,
+    "conv": LAYER_SSM,  # LFM2's short convolutions
     "full_attention": LAYER_ATTENTION,
     "attention": LAYER_ATTENTION,
     "hybrid": LAYER_BOTH,  # Falcon-H1: attention and Mamba-2 side by side; Zamba2: shared attention, then Mamba-2

@@ -18,6 +18,7 @@ from . import (
     falcon_mamba,
     granitemoehybrid,
     jamba,
+    lfm2,
     mamba,
     mamba2,
     nemotron_h,
@@ -27,7 +28,7 @@ from . import (
     qwen3_next,
     zamba2,
 )
-from .base import CACHE_ARGUMENTS, LAYER_ATTENTION, LAYER_BOTH, LAYER_SSM, Architecture, StateShapes
+from .base import CACHE_ARGUMENTS, LAYER_ATTENTION, LAYER_BOTH, LAYER_SSM, Architecture, StateKind, StateShapes
 
 
 FAMILIES: tuple[Architecture, ...] = (
@@ -44,6 +45,7 @@ FAMILIES: tuple[Architecture, ...] = (
     qwen3_5.ARCHITECTURE,
     qwen3_5_moe.ARCHITECTURE,
     olmo_hybrid.ARCHITECTURE,
+    lfm2.ARCHITECTURE,
 )
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
@@ -111,8 +113,18 @@ def kv_shape(config: PretrainedConfig) -> tuple[int, int]:
     return get_architecture(config).kv_shape(config)
 
 
+def state_kinds(config: PretrainedConfig) -> tuple[StateKind, ...]:
+    """What each stateful layer carries, in order (Mamba: the conv window, then the SSM state)."""
+    return get_architecture(config).state_kinds
+
+
+def window_state_names() -> set[str]:
+    """The names of the state kinds that are windows of recent inputs, in any family."""
+    return {kind.name for architecture in FAMILIES for kind in architecture.state_kinds if kind.window}
+
+
 def state_shapes(config: PretrainedConfig) -> list[StateShapes]:
-    """Per SSM layer (`ssm_layers`), the `(conv_state, recurrent_state)` shapes without the batch dimension."""
+    """Per stateful layer (`ssm_layers`), one shape per state kind (`state_kinds`), without the batch dimension."""
     return [get_architecture(config).state_shapes(config)] * len(ssm_layers(config))
 
 

@@ -28,7 +28,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode  # what torch.compile traces with; no public path
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from ..modeling import SegmentStates, cache_argument, prepare_model, state_shapes
+from ..modeling import SegmentStates, cache_argument, prepare_model, state_kinds, state_shapes
 
 
 MODES = ("ddp", "zero2", "fsdp2", "zero3")
@@ -82,9 +82,7 @@ def saved_tensor_bytes(model: torch.nn.Module, batch_size: int, length: int, dty
         return tensor
 
     shapes = state_shapes(model.config)
-    states = SegmentStates(
-        [torch.zeros(batch_size, *conv) for conv, _ in shapes], [torch.zeros(batch_size, *ssm) for _, ssm in shapes]
-    )
+    states = SegmentStates([[torch.zeros(batch_size, *layer[k]) for layer in shapes] for k in range(len(shapes[0]))])
     ids = torch.zeros(batch_size, length, dtype=torch.long)
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
@@ -136,8 +134,9 @@ def plan_memory(
             activations = activations - len(layers) * one_block + inputs + one_block
 
     carried = sum(
-        per_device_batch * (math.prod(conv) * 4 + math.prod(ssm) * _BYTES[state_dtype])
-        for conv, ssm in state_shapes(config)
+        per_device_batch * math.prod(shape) * (4 if kind.window else _BYTES[state_dtype])
+        for layer in state_shapes(config)
+        for kind, shape in zip(state_kinds(config), layer)
     )
     full = {"weights": 4 * num_parameters, "gradients": 4 * num_parameters, "optimizer": 8 * num_parameters}
     plans = {}

@@ -26,6 +26,7 @@ from ..modeling import (
     kernel_availability,
     prepare_model,
     ssm_layers,
+    state_kinds,
     unwrap_model,
 )
 from ..sources import is_offline
@@ -150,9 +151,17 @@ class StatePassingTrainer(Trainer):
             **kwargs,
         )
 
-        # 4. The intervention (carried state, fitted statistics, noise generator) and metrics, per process
+        # 4. The intervention (carried state, fitted statistics, noise generator) and metrics, per process. The fitted
+        # statistics cover each accumulating state kind of each stateful layer.
+        accumulating = [kind.name for kind in state_kinds(base.config) if not kind.window]
+        if not accumulating and args.state_init in ("random_noise", "fitted_noise"):
+            raise ValueError(
+                f"state_init={args.state_init!r}: {get_architecture(base).display_name}'s layers carry only windows "
+                "of recent inputs, which every init starts at zero; there is no accumulated state to perturb. Use "
+                "'zero', 'state_passing' or 'tbtt'."
+            )
         self.intervention = INTERVENTIONS[args.state_init](
-            args, len(ssm_layers(base.config)), seed=args.seed + self.args.process_index
+            args, len(ssm_layers(base.config)) * len(accumulating), seed=args.seed + self.args.process_index
         )
         # Buffered per mode and flushed by `log` (TRL's way), so evaluation never relabels training values.
         self._state_norms: dict[str, tuple[torch.Tensor | None, int]] = {"train": (None, 0), "eval": (None, 0)}

@@ -29,9 +29,7 @@ def test_segments_reproduce_one_pass_logits_and_final_states(model_type, sizes):
         _, one_pass = hl.forward_with_state(model, ids, full_state(model, 2))
         without_state, _ = zip(*[hl.forward_with_state(model, ids[:, a:b]) for a, b in ((0, 25), (25, 50))])
     torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
-    for ours, theirs in zip(
-        state.recurrent_states + state.conv_states, one_pass.recurrent_states + one_pass.conv_states
-    ):
+    for ours, theirs in zip(state.all_tensors, one_pass.all_tensors):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
     for ours, theirs in zip(state.keys + state.values, one_pass.keys + one_pass.values):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
@@ -99,7 +97,7 @@ def test_state_dict_round_trip_and_permute(model_type):
     state = state.reset(torch.tensor([False, True, False]))
     loaded = hl.CarriedState.from_state_dict(state.state_dict(), model.config)
     assert loaded.position == 20 and loaded.key_valid.tolist() == state.key_valid.tolist()
-    for ours, theirs in zip(loaded.keys + loaded.recurrent_states, state.keys + state.recurrent_states):
+    for ours, theirs in zip(loaded.keys + loaded.all_tensors, state.keys + state.all_tensors):
         assert torch.equal(ours, theirs)
     swapped = state.permute([1, 0, 2])
     assert torch.equal(swapped.keys[0][0], state.keys[0][1]) and swapped.key_valid[0].tolist() == [False] * 20

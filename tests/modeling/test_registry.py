@@ -28,8 +28,8 @@ def test_registry_collects_each_family_once_by_model_type():
     names = {get_architecture(t).display_name for t in MODEL_TYPES + HYBRID_TYPES}
     hybrids = {"Granite 4.0-H", "Bamba", "Nemotron-H", "Zamba2", "Falcon-H1", "Jamba"}
     gated_deltanet = {"Qwen3-Next", "Qwen3.5", "Qwen3.5-MoE", "OLMo-Hybrid"}
-    assert names == {"Mamba", "FalconMamba", "Mamba-2"} | hybrids | gated_deltanet
-    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 13
+    assert names == {"Mamba", "FalconMamba", "Mamba-2", "LFM2"} | hybrids | gated_deltanet
+    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 14
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -66,16 +66,17 @@ def test_lora_defaults_are_declared_per_family():
 def test_hybrid_state_shapes_match_transformers_cache_and_mixers_are_swapped(model_type):
     import torch
 
-    from hf_longssm.modeling import attention_layers, kv_shape, ssm_layers
+    from hf_longssm.modeling import attention_layers, kv_shape, ssm_layers, state_kinds
 
     config = tiny_hybrid_config(model_type)
     model = tiny_hybrid(model_type).eval()
     with torch.no_grad():
         out = model(torch.randint(0, 64, (2, 5)), use_cache=True)
     cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")  # 5.24+ / 5.21-5.23
-    for layer_idx, (conv_shape, ssm_shape) in zip(ssm_layers(config), state_shapes(config)):
-        assert tuple(cache.get_conv_state(layer_idx).shape[1:]) == conv_shape
-        assert tuple(cache.get_recurrent_state(layer_idx).shape[1:]) == ssm_shape
+    read = {"conv_states": cache.get_conv_state, "recurrent_states": cache.get_recurrent_state}
+    for layer_idx, shapes in zip(ssm_layers(config), state_shapes(config)):
+        for kind, shape in zip(state_kinds(config), shapes, strict=True):  # LFM2: the conv window alone
+            assert tuple(read[kind.name](layer_idx).shape[1:]) == shape
     for layer_idx in attention_layers(config):
         keys = cache.layers[layer_idx].keys
         assert (keys.shape[1], keys.shape[3]) == kv_shape(config)
