@@ -4,8 +4,8 @@ import pytest
 import torch
 
 
-# The core tests (`pytest -m core`): exactness of the three families, to_cache + generate, bf16 training, resume, LoRA,
-# position-wise perplexity, passkey, the lm-eval adapter, models dispatched with a device_map (offloaded layers), file
+# The core tests (`pytest -m core`): exactness of every family (state kinds, the gated delta rule), to_cache +
+# generate, bf16 training, resume, LoRA, position-wise perplexity, passkey, the lm-eval adapter, models dispatched with a device_map (offloaded layers), file
 # safety, the transformers version checks and the training-free length extension's Δ hook. CI runs them on the
 # declared minimum transformers (.ci/run minimum); every other job runs them with the rest.
 CORE_TEST_FILES = (
@@ -22,6 +22,8 @@ CORE_TEST_FILES = (
     "tests/evaluation/test_passkey.py",
     "tests/evaluation/test_harness.py",
     "tests/extend/test_delta_hook.py",
+    "tests/modeling/test_gated_delta.py",
+    "tests/test_state_kinds.py",
 )
 
 

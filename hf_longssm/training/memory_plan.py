@@ -81,8 +81,8 @@ def saved_tensor_bytes(model: torch.nn.Module, batch_size: int, length: int, dty
             saved[key] = max(saved.get(key, 0), tensor.untyped_storage().nbytes())
         return tensor
 
-    shapes = state_shapes(model.config)
-    states = SegmentStates([[torch.zeros(batch_size, *layer[k]) for layer in shapes] for k in range(len(shapes[0]))])
+    shapes, kinds = state_shapes(model.config), state_kinds(model.config)
+    states = SegmentStates([[torch.zeros(batch_size, *layer[k]) for layer in shapes] for k in range(len(kinds))])
     ids = torch.zeros(batch_size, length, dtype=torch.long)
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:

@@ -139,7 +139,7 @@ def test_a_run_resumes_from_the_last_checkpoint_in_output_dir(tmp_path, monkeypa
     assert trainer.state.global_step == 3
 
 
-@pytest.mark.parametrize("model_type", ["granitemoehybrid", "falcon_h1"])
+@pytest.mark.parametrize("model_type", ["granitemoehybrid", "falcon_h1", "qwen3_5_text", "lfm2"])
 def test_a_hybrid_post_trains_and_evaluates_from_the_command_line(tmp_path, model_type):
     from hf_longssm.cli.eval import main as eval_main
     from tests.utils import tiny_hybrid_config
