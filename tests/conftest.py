@@ -5,9 +5,10 @@ import torch
 
 
 # The core tests (`pytest -m core`): exactness of every family (state kinds, the gated delta rule), to_cache +
-# generate, bf16 training, resume, LoRA, position-wise perplexity, passkey, the lm-eval adapter, models dispatched with a device_map (offloaded layers), file
-# safety, the transformers version checks and the training-free length extension's Δ hook. CI runs them on the
-# declared minimum transformers (.ci/run minimum); every other job runs them with the rest.
+# generate, bf16 training, resume, LoRA, position-wise perplexity, passkey, the lm-eval adapter, models dispatched
+# with a device_map (offloaded layers), file safety, the transformers version checks and the training-free length
+# extension's Δ hook. CI runs them on the declared minimum transformers (.ci/run minimum); every other job runs them
+# with the rest.
 CORE_TEST_FILES = (
     "tests/test_forward.py",
     "tests/modeling/test_hybrids.py",

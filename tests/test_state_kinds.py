@@ -17,7 +17,7 @@ def test_a_window_only_family_carries_its_windows_and_says_what_it_lacks():
     assert list(state.states) == ["conv_states"] and state.window_names == ["conv_states"]
     assert state.accumulating_names == [] and state.noised_tensors() == []
     with pytest.raises(AttributeError, match=r"lfm2's layers carry \['conv_states'\], not recurrent_states"):
-        state.recurrent_states
+        _ = state.recurrent_states
     _, final = hl.forward_with_state(model, torch.randint(1, 64, (2, 9)), state)
     assert final.norms().shape == (2,) and bool((final.norms() > 0).all())  # the windows' norms, per layer
     loaded = hl.CarriedState.from_state_dict(final.state_dict(), model.config)
