@@ -65,10 +65,29 @@ SIZES = {
         ),
     },
 }
+# Hybrids: three recurrent layers per attention layer, as Qwen3.5 (18 + 6) and LFM2; sizes like the Mamba ones.
+for _size, (_hidden, _layers, _vocab) in {"tiny": (64, 4, 256), "10m": (256, 16, 4096)}.items():
+    _heads = _hidden // 32
+    _common = dict(
+        vocab_size=_vocab, hidden_size=_hidden, num_hidden_layers=_layers, num_attention_heads=_heads,
+        num_key_value_heads=max(1, _heads // 2), head_dim=32, intermediate_size=2 * _hidden,
+        layer_types=(["linear_attention"] * 3 + ["full_attention"]) * (_layers // 4), attn_implementation="sdpa",
+    )  # fmt: skip
+    SIZES[_size]["qwen3_5_text"] = dict(
+        _common, linear_num_key_heads=_heads, linear_num_value_heads=2 * _heads, linear_key_head_dim=32,
+        linear_value_head_dim=32, linear_conv_kernel_dim=4,
+    )  # fmt: skip
+    SIZES[_size]["lfm2"] = dict(
+        _common, layer_types=(["conv"] * 3 + ["full_attention"]) * (_layers // 4), conv_L_cache=3
+    )  # fmt: skip
 
 
 def build_model(model_type: str, size: str, seed: int = 0):
     torch.manual_seed(seed)
+    if model_type in ("qwen3_5_text", "lfm2"):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **SIZES[size][model_type]))
     family = "mamba2" if model_type == "mamba2" else "mamba"
     config_cls, model_cls = {
         "mamba": (MambaConfig, MambaForCausalLM),

@@ -1,6 +1,8 @@
 """forward_with_state vs the plain transformers forward, same model and tokens, CPU or GPU.
 
     python benchmarks/forward_backward.py [--sizes tiny 10m] [--lengths 512 2048 8192] [--repeats 3]
+    python benchmarks/forward_backward.py --model_types qwen3_5_text lfm2 --sizes 10m --lengths 512 2048 \
+        --output benchmarks/results/forward_backward_cpu_gated_deltanet_lfm2.json
 
 Times: both paths in one subprocess per (model type, size, length), run in turn after a warm-up (median of
 `--repeats`), so that load on the machine hits both alike; speedup = transformers / hf_longssm (> 1: ours is faster).
@@ -35,7 +37,7 @@ def measure(model_type: str, size: str, length: int, paths: list[str], repeats: 
 
     model = build_model(model_type, size)
     ids = torch.randint(0, model.config.vocab_size, (1, length))
-    skip_plain_backward = model_type != "mamba2" and length > PLAIN_MAMBA1_BACKWARD_MAX_LENGTH
+    skip_plain_backward = model_type in ("mamba", "falcon_mamba") and length > PLAIN_MAMBA1_BACKWARD_MAX_LENGTH
 
     def forward(path):
         with torch.no_grad():

@@ -48,7 +48,7 @@ from .corpus import neox_tokenizer
 from .extension import CONFIG_KEY, EXTENSION_FILE, install_extension, read_extension
 from .files import load_torch_file
 from .mamba_ssm_format import check_state_dict, is_mamba_ssm_config, to_transformers_config, to_transformers_state_dict
-from .modeling import get_architecture
+from .modeling import SUPPORTED_ARCHITECTURES, get_architecture
 from .modeling.compat import peft_without_deprecation_warnings
 from .tokenization import LEGACY_MARKER_FILE, byte_tokenizer
 
@@ -114,7 +114,10 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
             return PeftModel.from_pretrained(model, str(weights.parent))  # the folder (or Hub snapshot), both files
     config = json.loads(config_file.read_text())
     if not is_mamba_ssm_config(config):
-        get_architecture(config.get("model_type"))  # a clear error for another family, before loading weights
+        # A clear error for another family, before loading weights. A multimodal checkpoint (Qwen3.5) is read for
+        # the language model AutoModelForCausalLM loads from it: its `text_config`'s type.
+        text_type = (config.get("text_config") or {}).get("model_type")
+        get_architecture(text_type if text_type in SUPPORTED_ARCHITECTURES else config.get("model_type"))
         extension = _extension_file(name_or_path, config, download)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)
         return install_extension(model, read_extension(extension)) if extension is not None else model

@@ -45,6 +45,9 @@ FALCON_ID = "tiiuae/falcon-mamba-tiny-dev"
 MAMBA2_2_7B_ID = "state-spaces/mamba2-2.7b"
 FALCON_7B_ID = "tiiuae/falcon-mamba-7b"
 NEOX_ID = "EleutherAI/gpt-neox-20b"
+# The Gated DeltaNet recipe's model (recipes/qwen3.5-0.8b): a tiny vision-language checkpoint, as the real one is,
+# whose language model AutoModelForCausalLM loads.
+QWEN3_5_ID = "Qwen/Qwen3.5-0.8B"
 # Tokens the fixture's tokenizer has (the byte tokenizer stands in for GPT-NeoX-20B's 50,277).
 VOCAB = 257
 GITATTRIBUTES = b"*.bin filter=lfs diff=lfs merge=lfs -text\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
@@ -242,6 +245,22 @@ def build_hub_cache(root: Path) -> HubCache:
     }
     files = {".gitattributes": GITATTRIBUTES, "config.json": json.dumps(neox_config, indent=2).encode()}
     write_repo(cache.hub, NEOX_ID, files | tokenizer_files)
+
+    # Qwen3.5: the vision-language model's files (its tokenizer: the byte one); the source is the language model
+    # that AutoModelForCausalLM reads out of them.
+    from transformers import AutoModelForCausalLM, Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    torch.manual_seed(5)
+    text = dict(
+        vocab_size=264, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, intermediate_size=64, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+        linear_value_head_dim=8, linear_conv_kernel_dim=4, **SPECIAL_IDS,
+    )  # fmt: skip
+    vision = dict(depth=1, hidden_size=16, num_heads=2, intermediate_size=16, out_hidden_size=32)
+    qwen = randomized(Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=vision)), 5)
+    files = saved_folder_files(qwen, root / "tmp" / "qwen3_5")
+    cache.sources[QWEN3_5_ID] = AutoModelForCausalLM.from_pretrained(root / "tmp" / "qwen3_5").float().eval()
+    write_repo(cache.hub, QWEN3_5_ID, {".gitattributes": GITATTRIBUTES} | files | tokenizer_files)
     return cache
 
 

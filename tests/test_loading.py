@@ -8,7 +8,11 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from hf_longssm import loading
 from hf_longssm.loading import load_model, load_tokenizer, resolve_model, resolve_tokenizer
 from hf_longssm.tokenization import byte_tokenizer
+from tests import hub_cache as fixtures
 from tests.utils import tiny_model
+
+
+hub_cache, hub_cache_files = fixtures.hub_cache, fixtures.hub_cache_files  # the offline Hub cache fixtures
 
 
 @pytest.fixture()
@@ -112,3 +116,20 @@ def test_the_byte_tokenizer_encodes_the_text_eos_as_its_bytes(tmp_path):
     assert 0 not in expected and tokenizer.eos_token_id == 0
     tokenizer.save_pretrained(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path)(document, add_special_tokens=False)["input_ids"] == expected
+
+
+def test_a_multimodal_qwen3_5_checkpoint_gives_its_language_model_by_hub_id(hub_cache):
+    """Qwen/Qwen3.5-0.8B is a vision-language checkpoint (`model_type="qwen3_5"`): load_model gives the language model
+    (Gated DeltaNet hybrid, `qwen3_5_text`) with the checkpoint's weights, and segments reproduce its logits."""
+    import hf_longssm as hl
+    from tests.hub_cache import QWEN3_5_ID
+
+    model = load_model(QWEN3_5_ID).float()
+    assert model.config.model_type == "qwen3_5_text"
+    ids = torch.randint(1, 257, (1, 40))
+    with torch.no_grad():
+        expected = hub_cache.sources[QWEN3_5_ID](ids).logits
+        state = hl.CarriedState.zeros(model, 1, attention_state="full")
+        first, state = hl.forward_with_state(model, ids[:, :23], state)
+        second, _ = hl.forward_with_state(model, ids[:, 23:], state)
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), expected, rtol=1e-4, atol=1e-4)
