@@ -47,16 +47,17 @@ def _check_state(state: CarriedState, model, batch_size: int, dtype: torch.dtype
         )
     expected = state_shapes(model.config)
     attention = len(attention_layers(model.config))
-    if state.num_layers != len(expected) or len(state.keys) != attention:
-        ours = f"{state.num_layers} layers" + (f" (+{len(state.keys)} attention)" if state.keys else "")
-        theirs = f"{len(expected)}" + (f" (+{attention} attention)" if attention else "")
-        raise ValueError(f"The state has {ours} but the model has {theirs}: it is another model's state.")
     names = [kind.name for kind in state_kinds(model.config)]
     if sorted(state.states) != sorted(names):
         raise ValueError(
             f"The state carries {list(state.states)} per layer but this model's layers carry {names}: it is another "
             "model family's state."
         )
+    if state.num_layers != len(expected) or len(state.keys) != attention:
+        with_attention = bool(state.keys) or bool(attention)
+        ours = f"{state.num_layers} layers" + (f" (+{len(state.keys)} attention)" if with_attention else "")
+        theirs = f"{len(expected)}" + (f" (+{attention} attention)" if with_attention else "")
+        raise ValueError(f"The state has {ours} but the model has {theirs}: it is another model's state.")
     if state.batch_size != batch_size:
         raise ValueError(
             f"The state has batch size {state.batch_size} but input_ids has {batch_size} rows. Build a state for "

@@ -47,8 +47,10 @@ def test_the_recurrence_equals_transformers_reference():
 
     inputs = gdn_inputs()
     ours, ours_state = gated_delta_rule_ref(**inputs)
+    # Each key head serves consecutive value heads (transformers < 5.24 repeats them in the layer, not here)
+    q, k = (inputs[name].repeat_interleave(2, dim=2) for name in ("q", "k"))
     theirs, theirs_state = torch_recurrent_gated_delta_rule(
-        inputs["q"], inputs["k"], inputs["v"], inputs["g"], inputs["beta"], initial_state=inputs["initial_state"],
+        q, k, inputs["v"], inputs["g"], inputs["beta"], initial_state=inputs["initial_state"],
         output_final_state=True, use_qk_l2norm_in_kernel=True,
     )  # fmt: skip
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -20,6 +20,8 @@ Shape legend: b = batch, l = sequence, h = value heads, k/v = key/value head dim
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,18 @@ import torch.nn.functional as F
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """`x / sqrt(sum(x^2) + eps)` over the last dim, fla's (and transformers') L2 norm for queries and keys."""
     return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+def _float32(fn):
+    """Run `fn` in float32 with autocast off: under `torch.autocast` its matmuls would round to bfloat16 at every
+    chunk, and segment boundaries that do not fall on a chunk's would change the result."""
+
+    @functools.wraps(fn)
+    def wrapper(q, *args, **kwargs):
+        with torch.autocast(q.device.type, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return wrapper
 
 
 def _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm):
@@ -48,6 +62,7 @@ def _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm):
     return q, k, v, g, beta, state
 
 
+@_float32
 def gated_delta_rule_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -72,6 +87,7 @@ def gated_delta_rule_ref(
     return torch.stack(outputs, dim=1), state
 
 
+@_float32
 def gated_delta_rule_chunked(
     q: torch.Tensor,
     k: torch.Tensor,
