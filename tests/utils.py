@@ -141,11 +141,12 @@ def tiny_hybrid_config(model_type: str, **overrides):
             num_mem_blocks=1, use_mem_rope=True,
         )  # fmt: skip
         return Zamba2Config(**{**common, **cfg, **overrides})
+    # Two experts, both routed: top-1 routing makes a router's (and some decays') gradients vanish to float32 noise.
     if model_type == "qwen3_next":  # gated attention, experts on every layer
         from transformers import Qwen3NextConfig
 
         cfg = dict(
-            num_hidden_layers=3, head_dim=8, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
+            num_hidden_layers=3, head_dim=8, num_experts=2, num_experts_per_tok=2, moe_intermediate_size=32,
             shared_expert_intermediate_size=32, **GATED_DELTANET,
         )  # fmt: skip
         return Qwen3NextConfig(**{**common, **cfg, **overrides})
@@ -157,7 +158,7 @@ def tiny_hybrid_config(model_type: str, **overrides):
         from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeTextConfig
 
         cfg = dict(
-            num_hidden_layers=3, head_dim=8, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
+            num_hidden_layers=3, head_dim=8, num_experts=2, num_experts_per_tok=2, moe_intermediate_size=32,
             shared_expert_intermediate_size=32, **GATED_DELTANET,
         )  # fmt: skip
         return Qwen3_5MoeTextConfig(**{**common, **cfg, **overrides})
@@ -184,6 +185,10 @@ def tiny_hybrid(model_type: str, seed: int = 0, **overrides):
     model = AutoModelForCausalLM.from_config(tiny_hybrid_config(model_type, **overrides))
     with torch.no_grad():  # random decays, as tiny_model: states carry real information
         for name, p in model.named_parameters():
+            if model_type in GATED_DELTANET_TYPES and name.endswith("A_log"):
+                # transformers draws A in [0.01, 16]: at 16 a head forgets its state within a token, and the
+                # gradients through its decay vanish into float32 noise. Trained models keep long-memory heads.
+                p.copy_(torch.empty_like(p).uniform_(0.05, 1.0).log())
             if name.endswith("A_log") or name.endswith(".D") or name.endswith("dt_bias"):
                 p.add_(0.3 * torch.randn_like(p))
     return model.float()
