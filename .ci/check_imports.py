@@ -45,6 +45,7 @@ LAYERS = {
     "hf_longssm.modeling.qwen3_5_moe": 0.28,
     "hf_longssm.modeling.olmo_hybrid": 0.27,
     "hf_longssm.modeling.lfm2": 0.27,
+    "hf_longssm.modeling.xlstm": 0.27,
     "hf_longssm.modeling.registry": 0.3,
     "hf_longssm.modeling": 0.4,
     "hf_longssm.state": 1,

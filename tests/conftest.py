@@ -25,6 +25,7 @@ CORE_TEST_FILES = (
     "tests/extend/test_delta_hook.py",
     "tests/modeling/test_gated_delta.py",
     "tests/test_state_kinds.py",
+    "tests/modeling/test_xlstm.py",
 )
 
 

@@ -47,7 +47,7 @@ from transformers import PreTrainedModel
 from ..extension import get_extension
 from ..forward import eval_mode, forward_with_state, iter_segments, prefill
 from ..loading import DTYPES, load_model, resolve_tokenizer
-from ..modeling import cache_argument, input_device, unwrap_model
+from ..modeling import cache_argument, get_architecture, input_device, unwrap_model
 from ..state import CarriedState
 from .harness_tasks import (  # noqa: F401 (re-exported: `harness` is the entry point users import)
     LONGSSM_TASKS,
@@ -386,7 +386,8 @@ class LongSSMLM(TemplateLM):
                 else:
                     state = CarriedState.zeros(self._model, len(batch), **full)
                 prompt = ids if state.keys else ids[:, -1:]
-                if get_extension(self._model) is not None:  # transformers' generate() would not apply it
+                # transformers' generate() would not apply an extension, nor take xLSTM's cache
+                if get_extension(self._model) is not None or not get_architecture(self._model).generate_from_cache:
                     new_tokens = self._greedy_with_state(ids[:, -1:], state, max_gen_toks, until, kwargs)
                     for i, tokens in zip(batch, new_tokens.tolist()):
                         text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)

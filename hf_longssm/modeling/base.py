@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import PretrainedConfig
@@ -56,6 +57,12 @@ class Architecture:
     state_shapes: Callable[[PretrainedConfig], StateShapes]
     stateful_mixers: dict[type, type] = field(default_factory=dict)
     state_kinds: tuple[StateKind, ...] = CONV_AND_RECURRENT
+    # The model's own cache filled with carried states (`{kind name: per-layer tensors}`), for a family whose
+    # cache is not transformers' `DynamicCache` (xLSTM); `CarriedState.to_cache` fills a `DynamicCache` otherwise.
+    to_cache: Callable[[PretrainedConfig, dict[str, list[torch.Tensor]]], Any] | None = None
+    # Whether transformers' `generate()` continues from that cache (xLSTM's 5.25 generate does not take one: decode
+    # one token at a time, as `evaluation.passkey.greedy_from_state` does).
+    generate_from_cache: bool = True
     # Hybrids: what each layer holds, `LAYER_SSM` (conv window + SSM state), `LAYER_ATTENTION` (keys and values),
     # `LAYER_BOTH` (both side by side, Falcon-H1) or `LAYER_NONE` (an MLP, MoE...). Pure families: all `LAYER_SSM`.
     layer_kinds: Callable[[PretrainedConfig], list[str]] | None = None
@@ -104,8 +111,15 @@ class SegmentStates:
         self.final_keys: list[torch.Tensor | None] = [None] * len(self.keys)
         self.final_values: list[torch.Tensor | None] = [None] * len(self.values)
 
-    def run_layer(self, mixer, hidden_states: torch.Tensor) -> torch.Tensor:
-        idx = self.ssm_slots[mixer.layer_idx]
+    def run_layer(self, mixer, hidden_states: torch.Tensor, layer_idx: int | None = None) -> torch.Tensor:
+        idx = self.ssm_slots[mixer.layer_idx if layer_idx is None else layer_idx]
+        if self.final[0][idx] is not None and not torch.is_grad_enabled():
+            # A second call in one segment outside a checkpointed replay: xLSTM's forward reads inputs longer than
+            # `max_inference_chunksize` chunk by chunk in eval mode, each chunk from the cache it just wrote.
+            raise ValueError(
+                "A layer ran twice in one segment: the model reads long inputs in chunks (xLSTM in eval mode, above "
+                "config.max_inference_chunksize tokens). Use segments no longer than that."
+            )
         # Each layer's state lives where the layer runs: with a `device_map` spreading layers over devices,
         # accelerate's hook has moved `hidden_states` to this layer's execution device, and a state built elsewhere
         # (zeros on the input device, a state loaded on the CPU) moves there once; the final state stays there for
@@ -131,6 +145,11 @@ class SegmentStates:
         self.final_values[idx] = values[..., values.shape[-2] - kept :, :].to(self.values[idx].dtype)
         return keys, values
 
+    @property
+    def rnn_state(self) -> dict[int, LayerSlot]:
+        """xLSTM's cache API: per layer, what its model forward hands the layer as its state (`xlstm.py`)."""
+        return {layer_idx: LayerSlot(self, layer_idx, len(self.states)) for layer_idx in self.ssm_slots}
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Carried keys before the segment (what a hybrid's forward asks its cache for positions)."""
         return self.keys[0].shape[-2] if self.keys else 0
@@ -146,6 +165,23 @@ class SegmentStates:
     def final_attention(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """`(keys, values)` kept after the segment, one per attention layer."""
         return list(self.final_keys), list(self.final_values)
+
+
+class _Discard:
+    """Takes an in-place copy and keeps nothing (the final states are recorded by `SegmentStates.run_layer`)."""
+
+    def copy_(self, other, *args, **kwargs):
+        return self
+
+
+class LayerSlot(tuple):
+    """One layer's state as a model that passes states per layer (xLSTM) sees it: as many entries as the layer has
+    state kinds, each taking the model's in-place `copy_` and keeping nothing; it names its segment and layer."""
+
+    def __new__(cls, segment: SegmentStates, layer_idx: int, num_kinds: int):
+        slot = super().__new__(cls, [_Discard()] * num_kinds)
+        slot.segment, slot.layer_idx = segment, layer_idx
+        return slot
 
 
 class StatefulMixerMixin:

@@ -26,6 +26,7 @@ from . import (
     qwen3_5,
     qwen3_5_moe,
     qwen3_next,
+    xlstm,
     zamba2,
 )
 from .base import CACHE_ARGUMENTS, LAYER_ATTENTION, LAYER_BOTH, LAYER_SSM, Architecture, StateKind, StateShapes
@@ -46,6 +47,7 @@ FAMILIES: tuple[Architecture, ...] = (
     qwen3_5_moe.ARCHITECTURE,
     olmo_hybrid.ARCHITECTURE,
     lfm2.ARCHITECTURE,
+    xlstm.ARCHITECTURE,
 )
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {

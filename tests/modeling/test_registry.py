@@ -24,12 +24,12 @@ def test_unsupported_model_names_supported_types():
 
 
 def test_registry_collects_each_family_once_by_model_type():
-    assert sorted(SUPPORTED_ARCHITECTURES) == sorted(MODEL_TYPES + HYBRID_TYPES)
-    names = {get_architecture(t).display_name for t in MODEL_TYPES + HYBRID_TYPES}
+    assert sorted(SUPPORTED_ARCHITECTURES) == sorted(MODEL_TYPES + HYBRID_TYPES + ["xlstm"])
+    names = {get_architecture(t).display_name for t in MODEL_TYPES + HYBRID_TYPES + ["xlstm"]}
     hybrids = {"Granite 4.0-H", "Bamba", "Nemotron-H", "Zamba2", "Falcon-H1", "Jamba"}
     gated_deltanet = {"Qwen3-Next", "Qwen3.5", "Qwen3.5-MoE", "OLMo-Hybrid"}
-    assert names == {"Mamba", "FalconMamba", "Mamba-2", "LFM2"} | hybrids | gated_deltanet
-    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 14
+    assert names == {"Mamba", "FalconMamba", "Mamba-2", "LFM2", "xLSTM"} | hybrids | gated_deltanet
+    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 15
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
