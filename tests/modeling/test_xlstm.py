@@ -113,3 +113,26 @@ def test_every_state_init_trains_an_xlstm(tmp_path, state_init):
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
     if state_init == "fitted_noise":  # statistics per kind and layer: C, n and m of both layers
         assert trainer.intervention.fitted_stats.num_layers == 3 * 2
+
+
+def test_the_lm_eval_adapter_scores_and_generates_from_the_carried_state():
+    """transformers' generate() takes no xLSTM cache: generate_until decodes greedily through the carried state and
+    gives what generate() gives re-reading the whole sequence; loglikelihood equals one pass."""
+    from lm_eval.api.instance import Instance
+
+    from hf_longssm.evaluation.harness import LongSSMLM
+    from hf_longssm.tokenization import byte_tokenizer
+
+    model = tiny_xlstm(vocab_size=257).eval()
+    ours = LongSSMLM(model, tokenizer=byte_tokenizer(), segment_length=20)
+    prompt = "Now is the winter of our discontent made glorious summer by this sun of York."
+    ascii_only = {"suppress_tokens": list(range(129, 257)), "do_sample": False}
+    ids = torch.tensor([ours.tok_encode(prompt)])
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=12, pad_token_id=0, **ascii_only)[0, ids.shape[1] :]
+        one_pass = torch.log_softmax(model(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None]).sum().item()
+    request = Instance("generate_until", {}, (prompt, {"until": [], "max_gen_toks": 12, **ascii_only}), 0)
+    [text] = ours.generate_until([request], disable_tqdm=True)
+    assert text == ours.tokenizer.decode(expected.tolist(), skip_special_tokens=True).split("<eos>")[0]
+    [(score, _)] = ours.loglikelihood([Instance("loglikelihood", {}, (prompt[:1], prompt[1:]), 0)], disable_tqdm=True)
+    assert score == pytest.approx(one_pass, abs=1e-3)
