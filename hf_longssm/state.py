@@ -175,6 +175,7 @@ class CarriedState:
         sequence; the conv window only spans `conv_kernel - 1` tokens.
         """
         state = cls.zeros(model, batch_size, **kwargs)
+        state._check_noisable()
         noised = {
             name: [
                 torch.randn(s.shape, generator=generator, device="cpu", dtype=torch.float32).to(s.device, s.dtype)
@@ -192,6 +193,7 @@ class CarriedState:
         """Gaussian accumulating states with the per-layer, per-head mean and std in `stats`; windows start at
         zero."""
         state = cls.zeros(model, batch_size, **kwargs)
+        state._check_noisable()
         targets = state.noised_tensors()
         if stats.num_layers != len(targets):
             raise ValueError(
@@ -239,6 +241,14 @@ class CarriedState:
     def accumulating_names(self) -> list[str]:
         """The kinds that accumulate over the sequence (what the noise inits perturb)."""
         return [name for name in self.states if name not in self.window_names]
+
+    def _check_noisable(self) -> None:
+        if not self.accumulating_names:
+            family = getattr(self.config, "model_type", "this model")
+            raise ValueError(
+                f"{family}'s layers carry only windows of recent inputs ({self.window_names}), which start at zero: "
+                "there is no accumulated state to perturb. Use CarriedState.zeros (or state passing / TBTT)."
+            )
 
     def noised_tensors(self) -> list[torch.Tensor]:
         """The accumulating states, kind by kind then layer by layer (what `FittedNoiseStats` tracks)."""

@@ -16,6 +16,8 @@ def test_a_window_only_family_carries_its_windows_and_says_what_it_lacks():
     assert [kind.name for kind in state_kinds(model.config)] == ["conv_states"]
     assert list(state.states) == ["conv_states"] and state.window_names == ["conv_states"]
     assert state.accumulating_names == [] and state.noised_tensors() == []
+    with pytest.raises(ValueError, match="carry only windows of recent inputs"):
+        hl.CarriedState.random_noise(model, 2, std=1.0)
     with pytest.raises(AttributeError, match=r"lfm2's layers carry \['conv_states'\], not recurrent_states"):
         _ = state.recurrent_states
     _, final = hl.forward_with_state(model, torch.randint(1, 64, (2, 9)), state)

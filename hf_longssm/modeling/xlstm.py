@@ -34,11 +34,22 @@ def mlstm_layer_forward_with_state(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """transformers' mLSTM layer over a segment from the carried `(c, n, m)`; returns the output and the final
     states (its kernels read the initial states and return new ones)."""
-    if layer.config.mode == "train_with_padding":
+    config = layer.config
+    if config.mode == "train_with_padding" or (config.mode == "train" and not config.return_last_states):
         raise ValueError(
-            "xLSTM's mode='train_with_padding' returns no final states, which a carried state needs: set "
-            "model.config.mode = 'train' (or 'inference')."
+            f"xLSTM's mode={config.mode!r} (return_last_states={config.return_last_states}) returns no final "
+            "states, which a carried state needs: set model.config.mode = 'inference' (or 'train' with "
+            "return_last_states=True)."
         )
+    if config.mode == "train" and hidden_states.shape[1] % config.chunk_size:
+        raise ValueError(
+            f"xLSTM's mode='train' reads whole chunks of {config.chunk_size} tokens; this segment has "
+            f"{hidden_states.shape[1]}. Use a segment_length that is a multiple of config.chunk_size, or set "
+            "model.config.mode = 'inference' (any length, differentiable)."
+        )
+    # The carried states are float32; the kernels multiply them with the layer's queries and keys, in the model's
+    # dtype (bfloat16 weights: bfloat16, as transformers' own xLSTMCache keeps them).
+    c, n, m = (t.to(hidden_states.dtype) for t in (c, n, m))
     out, (c, n, m) = xLSTMLayer.forward(layer, hidden_states, (c, n, m))
     return out, c, n, m
 

@@ -136,3 +136,20 @@ def test_the_lm_eval_adapter_scores_and_generates_from_the_carried_state():
     assert text == ours.tokenizer.decode(expected.tolist(), skip_special_tokens=True).split("<eos>")[0]
     [(score, _)] = ours.loglikelihood([Instance("loglikelihood", {}, (prompt[:1], prompt[1:]), 0)], disable_tqdm=True)
     assert score == pytest.approx(one_pass, abs=1e-3)
+
+
+def test_bfloat16_weights_run_from_a_float32_state_and_bad_modes_are_refused():
+    model = tiny_xlstm(autocast_kernel_dtype="bfloat16").to(torch.bfloat16).eval()
+    ids = torch.randint(1, 64, (2, 40))
+    with torch.no_grad():
+        reference = model(ids).logits.float()
+        logits, state = run_segments(model, ids, [16, 24])
+    assert state.states["c_states"][0].dtype == torch.float32
+    # bfloat16 throughout: the carried state rounds at each boundary as transformers' own bf16 cache would
+    assert (logits.float() - reference).abs().max() / reference.abs().max() < 0.05
+    train = tiny_xlstm(mode="train")
+    with pytest.raises(ValueError, match="reads whole chunks of 16 tokens; this segment has 20"):
+        hl.forward_with_state(train, torch.randint(1, 64, (1, 20)))
+    train.config.return_last_states = False
+    with pytest.raises(ValueError, match="returns no final states"):
+        hl.forward_with_state(train, torch.randint(1, 64, (1, 16)))
