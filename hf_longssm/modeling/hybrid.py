@@ -63,9 +63,14 @@ def segment_attention_masks(
         )
     batch, carried = carried_valid.shape
     device = carried_valid.device
-    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    mask = torch.cat([carried_valid[:, None, :].expand(batch, length, carried), causal.expand(batch, -1, -1)], dim=-1)
-    mask = mask[:, None]  # (batch, 1, length, carried + length)
+    if implementation == "sdpa" and carried == 0:
+        # Nothing carried: no mask, and transformers' SDPA call takes its causal path (`is_causal`), as it does for
+        # a plain forward; an explicit mask costs about 15% at 2k tokens on the CPU.
+        mask = None
+    else:
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        mask = torch.cat([carried_valid[:, None, :].expand(batch, length, carried), causal.expand(batch, -1, -1)], -1)
+        mask = mask[:, None]  # (batch, 1, length, carried + length)
     if implementation == "eager":
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
     # Keyed by every name a hybrid may look its layers' masks up by (`layers_block_type` or `layer_types` values).
