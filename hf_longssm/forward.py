@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 from .modeling import (
     SegmentStates,
     attention_layers,
     cache_argument,
     cache_kept_under_checkpointing,
+    get_architecture,
     kv_shape,
     prepare_model,
     ssm_layers,
@@ -169,6 +171,9 @@ def forward_with_state(
             labels = kwargs["shift_labels"]  # the model computes a loss only when `labels` is set
     if labels is not None:
         kwargs["labels"] = labels
+    loss_kwargs = {}
+    if not get_architecture(base).model_computes_loss:  # fla: transformers' loss from the logits, as for the others
+        loss_kwargs = {k: kwargs.pop(k) for k in ("labels", "shift_labels", "num_items_in_batch") if k in kwargs}
 
     length = reference.shape[1]
     kept = state.kept_keys(length)
@@ -195,6 +200,8 @@ def forward_with_state(
     keep_cache = cache_kept_under_checkpointing(base) if checkpointing and base.training else contextlib.nullcontext()
     with keep_cache:
         output = model(input_ids=input_ids, use_cache=False, **kwargs)
+    if loss_kwargs.get("labels") is not None:
+        output.loss = ForCausalLMLoss(output.logits, vocab_size=output.logits.shape[-1], **loss_kwargs)
     final = state._with(states=dict(zip(names, segment.final_states())), position=state.position + length)
     if state.attention_state == "window" and state.attention_window is None:
         final.attention_window = kept  # the default window (the first segment's length) stays for later segments

@@ -48,7 +48,7 @@ from .corpus import neox_tokenizer
 from .extension import CONFIG_KEY, EXTENSION_FILE, install_extension, read_extension
 from .files import load_torch_file
 from .mamba_ssm_format import check_state_dict, is_mamba_ssm_config, to_transformers_config, to_transformers_state_dict
-from .modeling import SUPPORTED_ARCHITECTURES, get_architecture
+from .modeling import SUPPORTED_ARCHITECTURES, get_architecture, register_model_code
 from .modeling.compat import peft_without_deprecation_warnings
 from .tokenization import LEGACY_MARKER_FILE, byte_tokenizer
 
@@ -117,7 +117,9 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
         # A clear error for another family, before loading weights. A multimodal checkpoint (Qwen3.5) is read for
         # the language model AutoModelForCausalLM loads from it: its `text_config`'s type.
         text_type = (config.get("text_config") or {}).get("model_type")
-        get_architecture(text_type if text_type in SUPPORTED_ARCHITECTURES else config.get("model_type"))
+        model_type = text_type if text_type in SUPPORTED_ARCHITECTURES else config.get("model_type")
+        get_architecture(model_type)
+        register_model_code(model_type)  # fla's model types (GLA, ...): transformers knows them once fla imports
         extension = _extension_file(name_or_path, config, download)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)
         return install_extension(model, read_extension(extension)) if extension is not None else model
@@ -191,6 +193,7 @@ def load_config(name_or_path: str | os.PathLike, **download: Any) -> PretrainedC
     if "model_type" not in config:
         raise ValueError(f"{config_file} has no model_type: it is neither a transformers nor a mamba_ssm config.")
     get_architecture(config["model_type"])
+    register_model_code(config["model_type"])
     return AutoConfig.for_model(**config)
 
 

@@ -420,7 +420,7 @@ class CarriedState:
             raise ValueError("to_cache needs the model config: pass `config=model.config`.")
         family_cache = get_architecture(config).to_cache
         if family_cache is not None:  # a family with a cache of its own (xLSTM)
-            return family_cache(config, self.states)
+            return family_cache(config, self.states, self.position)
         unknown = set(self.states) - {"conv_states", "recurrent_states"}
         if unknown:
             raise ValueError(

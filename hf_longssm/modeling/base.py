@@ -9,7 +9,9 @@ A family file (`mamba.py`, `falcon_mamba.py`, `mamba2.py`, ...) provides one `AR
   by default; a short-conv layer (LFM2) its window alone;
 * `state_shapes(config)`: one shape per state kind, without the batch dimension, in transformers' own cache layout;
 * `stateful_mixers`: `{transformers mixer class: stateful subclass}`; the subclass mixes in `StatefulMixerMixin`
-  and defines `segment_forward(hidden_states, *states) -> (output, *states)`, one state per kind, in order.
+  and defines `segment_forward(hidden_states, *states) -> (output, *states)`, one state per kind, in order. A family
+  whose model code lives in another package (flash-linear-attention, which imports Triton) gives a function that
+  imports it and returns the mapping, called when a model of the family is prepared.
 
 `registry.py` only collects the families: adding one means adding its file and naming it there.
 """
@@ -55,11 +57,12 @@ class Architecture:
     display_name: str
     lora_target_modules: tuple[str, ...]
     state_shapes: Callable[[PretrainedConfig], StateShapes]
-    stateful_mixers: dict[type, type] = field(default_factory=dict)
+    stateful_mixers: dict[type, type] | Callable[[], dict[type, type]] = field(default_factory=dict)
     state_kinds: tuple[StateKind, ...] = CONV_AND_RECURRENT
-    # The model's own cache filled with carried states (`{kind name: per-layer tensors}`), for a family whose
-    # cache is not transformers' `DynamicCache` (xLSTM); `CarriedState.to_cache` fills a `DynamicCache` otherwise.
-    to_cache: Callable[[PretrainedConfig, dict[str, list[torch.Tensor]]], Any] | None = None
+    # The model's own cache filled with carried states (`{kind name: per-layer tensors}`, the tokens read), for a
+    # family whose cache is not transformers' `DynamicCache` (xLSTM, fla); `CarriedState.to_cache` fills a
+    # `DynamicCache` otherwise.
+    to_cache: Callable[[PretrainedConfig, dict[str, list[torch.Tensor]], int], Any] | None = None
     # Whether transformers' `generate()` continues from that cache (xLSTM's 5.25 generate does not take one: decode
     # one token at a time, as `evaluation.passkey.greedy_from_state` does).
     generate_from_cache: bool = True
@@ -68,6 +71,13 @@ class Architecture:
     layer_kinds: Callable[[PretrainedConfig], list[str]] | None = None
     # Attention layers' `(num_key_value_heads, head_dim)` (hybrids only).
     kv_shape: Callable[[PretrainedConfig], tuple[int, int]] | None = None
+    # Imports the package that defines the family's models and registers them with transformers' Auto classes
+    # (fla), for a family transformers does not define; called before a config or model of it is loaded.
+    register_model_code: Callable[[], None] | None = None
+    # Whether the model's forward computes transformers' causal LM loss from `labels` / `shift_labels`. fla's models
+    # shift `labels` themselves, take no `shift_labels` and use a Triton-only fused loss: `forward_with_state`
+    # computes the loss from their logits instead.
+    model_computes_loss: bool = True
 
 
 LAYER_SSM, LAYER_ATTENTION, LAYER_BOTH, LAYER_NONE = "ssm", "attention", "ssm+attention", "none"

@@ -33,6 +33,8 @@ from .ops import (
     discretize,
     gated_delta_rule_chunked,
     gated_delta_rule_ref,
+    gla_chunked,
+    gla_ref,
     next_conv_state,
     selective_scan_chunked,
     selective_scan_from_zero_with_correction,
@@ -104,11 +106,23 @@ def _import_chunk_gated_delta_rule() -> tuple[Callable | None, str]:
     return chunk_gated_delta_rule, ""
 
 
+@functools.cache
+def _import_chunk_gla() -> tuple[Callable | None, str]:
+    if importlib.util.find_spec("fla") is None:
+        return None, "flash-linear-attention is not installed"
+    try:
+        from fla.ops.gla import chunk_gla
+    except Exception as err:
+        return None, f"fla's chunk_gla failed to import ({err})"
+    return chunk_gla, ""
+
+
 _KERNEL_IMPORTS: dict[str, Callable[[], tuple[Callable | None, str]]] = {
     "selective_scan_fn": _import_selective_scan_fn,
     "mamba_chunk_scan_combined": _import_mamba_chunk_scan_combined,
     "causal_conv1d_fn": _import_causal_conv1d_fn,
     "chunk_gated_delta_rule": _import_chunk_gated_delta_rule,
+    "chunk_gla": _import_chunk_gla,
 }
 
 
@@ -121,6 +135,11 @@ def _kernels_allowed(tensor: torch.Tensor) -> bool:
     if disable and force:
         raise ValueError(f"Both {_DISABLE_ENV}=1 and {_FORCE_ENV}=1 are set: unset one of them.")
     return not disable and (force or tensor.is_cuda)
+
+
+def kernels_allowed(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` takes the kernel branch: on CUDA, or forced (HF_LONGSSM_FORCE_KERNELS=1), unless disabled."""
+    return _kernels_allowed(tensor)
 
 
 @functools.cache
@@ -189,8 +208,8 @@ def report_path(component: str, path: str, tensor: torch.Tensor | None = None) -
 def kernel_availability() -> dict[str, bool]:
     """Whether each kernel function imports here (without touching CUDA tensors), by function name:
     `selective_scan_fn` (Mamba-1), `mamba_chunk_scan_combined` (Mamba-2), `causal_conv1d_fn` (the conv of all
-    families), `chunk_gated_delta_rule` (Gated DeltaNet, fla). Each is imported on its own, so one missing build
-    disables only what it serves."""
+    families), `chunk_gated_delta_rule` (Gated DeltaNet, fla), `chunk_gla` (GLA, fla). Each is imported on its
+    own, so one missing build disables only what it serves."""
     return {name: load()[0] is not None for name, load in _KERNEL_IMPORTS.items()}
 
 
@@ -364,3 +383,21 @@ def gated_delta_rule_with_state(q, k, v, g, beta, initial_state, chunk_size: int
         return o.float(), final_state.float()
     report_path("Gated DeltaNet", "chunked torch", q)
     return gated_delta_rule_chunked(q, k, v, g, beta, initial_state, chunk_size=chunk_size)
+
+
+def gla_with_state(q, k, v, gk, initial_state, scale: float | None = None):
+    """Gated linear attention from `initial_state`: fla's `chunk_gla` on CUDA when installed, `gla_chunked`
+    otherwise (layouts of `gla_ref`: state `(b, h, k, v)`). Returns the output in float32 and the final state in
+    float32."""
+    if use_reference():
+        return gla_ref(q, k, v, gk, initial_state, scale=scale)
+    chunk_gla = kernel("chunk_gla", q)
+    if chunk_gla is not None:
+        _check_triton_on_cpu(q)
+        report_path("GLA", "fla chunk_gla")
+        o, final_state = chunk_gla(
+            q, k, v, gk.float(), scale=scale, initial_state=initial_state.float(), output_final_state=True
+        )
+        return o.float(), final_state.float()
+    report_path("GLA", "chunked torch", q)
+    return gla_chunked(q, k, v, gk, initial_state, scale=scale)

@@ -16,6 +16,7 @@ from . import (
     bamba,
     falcon_h1,
     falcon_mamba,
+    gla,
     granitemoehybrid,
     jamba,
     lfm2,
@@ -48,14 +49,24 @@ FAMILIES: tuple[Architecture, ...] = (
     olmo_hybrid.ARCHITECTURE,
     lfm2.ARCHITECTURE,
     xlstm.ARCHITECTURE,
+    gla.ARCHITECTURE,
 )
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {
     model_type: architecture for architecture in FAMILIES for model_type in architecture.model_types
 }
-_STATEFUL_MIXERS: dict[type, type] = {
-    mixer: stateful for architecture in FAMILIES for mixer, stateful in architecture.stateful_mixers.items()
+_STATEFUL_MIXERS: dict[type, type] = {  # the families whose model code transformers defines
+    mixer: stateful
+    for architecture in FAMILIES
+    if isinstance(architecture.stateful_mixers, dict)
+    for mixer, stateful in architecture.stateful_mixers.items()
 }
+
+
+def stateful_mixer_classes(architecture: Architecture) -> dict[type, type]:
+    """`{model class: hf_longssm's subclass}` for one family (importing its model code if it lives elsewhere)."""
+    mixers = architecture.stateful_mixers
+    return mixers if isinstance(mixers, dict) else mixers()
 
 
 def unwrap_model(model: torch.nn.Module) -> PreTrainedModel:
@@ -90,6 +101,14 @@ def get_architecture(model_or_config: torch.nn.Module | PretrainedConfig | str) 
             "'state-spaces/mamba-130m-hf' or 'state-spaces/mamba2-130m')."
         )
     return SUPPORTED_ARCHITECTURES[model_type]
+
+
+def register_model_code(model_type: str | None) -> None:
+    """Make transformers' Auto classes know `model_type` when its family's models live in another package (fla):
+    import it, or say what to install. Nothing for the families transformers defines (or an unknown type)."""
+    architecture = SUPPORTED_ARCHITECTURES.get(model_type)
+    if architecture is not None and architecture.register_model_code is not None:
+        architecture.register_model_code()
 
 
 def layer_kinds(config: PretrainedConfig) -> list[str]:
@@ -138,9 +157,9 @@ def prepare_model(model: torch.nn.Module) -> PreTrainedModel:
     loaded with `device_map=`) gets the stateful forward behind its hook too.
     """
     base = unwrap_model(model)
-    get_architecture(base)
+    mixers = {**_STATEFUL_MIXERS, **stateful_mixer_classes(get_architecture(base))}
     for module in base.modules():
-        stateful = _STATEFUL_MIXERS.get(type(module))
+        stateful = mixers.get(type(module))
         if stateful is not None:
             original = type(module)
             module.__class__ = stateful

@@ -54,8 +54,9 @@ def mlstm_layer_forward_with_state(
     return out, c, n, m
 
 
-def xlstm_cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]]) -> xLSTMCache:
-    """transformers' `xLSTMCache` holding the carried states (float32, as the inference kernels keep them)."""
+def xlstm_cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int = 0) -> xLSTMCache:
+    """transformers' `xLSTMCache` holding the carried states (float32, as the inference kernels keep them); it
+    counts no tokens (`position` is not kept)."""
     batch = states["c_states"][0].shape[0]
     cache = xLSTMCache(config, batch, dtype=torch.float32, device=states["c_states"][0].device)
     cache.rnn_state = {

@@ -161,6 +161,11 @@ def kernel_calls(monkeypatch):
         triton_calls.update(chunk_gated_delta_rule_fwd=0, chunk_gated_delta_rule_bwd=0)
         for name in ("chunk_gated_delta_rule_fwd", "chunk_gated_delta_rule_bwd"):
             monkeypatch.setattr(gated_delta_chunk, name, counting(name, getattr(gated_delta_chunk, name)))
+        from fla.ops.gla import chunk as gla_chunk  # GLA
+
+        triton_calls.update(chunk_gla_fwd=0, chunk_gla_bwd=0)
+        for name in ("chunk_gla_fwd", "chunk_gla_bwd"):
+            monkeypatch.setattr(gla_chunk, name, counting(name, getattr(gla_chunk, name)))
     selective_scan_cuda.CALLS.clear()
     causal_conv1d_cuda.CALLS.clear()
 

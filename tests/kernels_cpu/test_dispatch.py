@@ -48,6 +48,7 @@ def test_availability_is_reported_per_function():
         "mamba_chunk_scan_combined",
         "causal_conv1d_fn",
         "chunk_gated_delta_rule",
+        "chunk_gla",
     }
     assert all(isinstance(ok, bool) for ok in available.values())
 

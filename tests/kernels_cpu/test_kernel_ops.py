@@ -223,6 +223,7 @@ def test_all_kernel_functions_import_here():
         "mamba_chunk_scan_combined": True,
         "causal_conv1d_fn": True,
         "chunk_gated_delta_rule": True,
+        "chunk_gla": True,
     }
 
 

@@ -1,0 +1,76 @@
+"""Gated Linear Attention (`model_type="gla"`, flash-linear-attention's `GLAForCausalLM`; checkpoints under
+`fla-hub/`): every layer a gated linear attention whose state is one `(v, k)` matrix per head, `recurrent_states
+(num_heads, head_v_dim, head_k_dim)`, the layout fla's layer keeps in its cache (`state_v_first=True`).
+
+The model code is fla's (`pip install "hf-longssm[fla]"`; fla imports Triton, so it is imported only when a GLA
+model is loaded or prepared). hf_longssm swaps in its own layer and module classes (`fla_layers.py`, with the
+segment forward `gla_forward_with_state`): fla's `chunk_gla` kernel on CUDA, the exact chunked torch path
+(`ops/gla.py`) elsewhere, where fla's norms and MLP run in torch too.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PretrainedConfig
+
+from .base import Architecture, StateKind, StateShapes
+
+
+GLA_STATES = (StateKind("recurrent_states"),)
+
+
+def import_fla() -> None:
+    """Import flash-linear-attention, which registers its model types (`gla`, ...) with transformers' Auto
+    classes, or say how to install it."""
+    try:
+        import fla  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"This model's code is flash-linear-attention's, which did not import ({err}): install it with "
+            '`pip install "hf-longssm[fla]"` (it brings Triton; on a CPU the layers run hf_longssm\'s torch path).'
+        ) from err
+
+
+def gla_state_shapes(config: PretrainedConfig) -> StateShapes:
+    unsupported = {
+        "use_short_conv": getattr(config, "use_short_conv", False),
+        "feature_map": getattr(config, "feature_map", None),
+        "attn": getattr(config, "attn", None),
+        "attnres_block_size": getattr(config, "attnres_block_size", None),
+    }
+    unsupported = {k: v for k, v in unsupported.items() if v}
+    if unsupported:
+        raise ValueError(
+            f"GLA with {unsupported} is not supported by hf_longssm yet (its short convs, feature maps, attention "
+            "layers or attention residuals carry no state here); use a GLA config without them (fla-hub's GLA "
+            "checkpoints have none)."
+        )
+    heads = config.num_heads
+    key_dim, value_dim = int(config.hidden_size * config.expand_k), int(config.hidden_size * config.expand_v)
+    return ((heads, value_dim // heads, key_dim // heads),)
+
+
+def _mixers() -> dict[type, type]:
+    from . import fla_layers  # imports fla (and Triton): only for a GLA model
+
+    return fla_layers.GLA_CLASSES
+
+
+def _cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int):
+    from . import fla_layers
+
+    return fla_layers.fla_cache(config, states, position)
+
+
+ARCHITECTURE = Architecture(
+    model_types=("gla",),
+    display_name="GLA",
+    lora_target_modules=("q_proj", "k_proj", "v_proj", "g_proj", "o_proj"),
+    state_shapes=gla_state_shapes,
+    stateful_mixers=_mixers,
+    state_kinds=GLA_STATES,
+    to_cache=_cache,
+    generate_from_cache=False,  # fla's generate needs its own cache bookkeeping: decode through the state
+    register_model_code=import_fla,
+    model_computes_loss=False,
+)

@@ -1,0 +1,186 @@
+"""GLA (flash-linear-attention's `GLAForCausalLM`, the [fla] extra): segments with the carried state reproduce one
+pass (float32, 1e-4) for logits, final states and gradients on hf_longssm's torch path; fla's own Triton kernels (in
+Triton's interpreter) give what the torch path gives, the op from a carried state and the whole model; every state
+init trains. In the kernels job because fla cannot be imported without Triton."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+
+import hf_longssm as hl
+from hf_longssm.modeling import kernels, state_kinds
+from hf_longssm.modeling.ops import gla_chunked, gla_ref
+from tests.utils import run_segments
+
+from .helpers import kernel_branch, relative_error, torch_path
+
+
+pytestmark = pytest.mark.kernels_cpu
+
+
+def tiny_gla(seed: int = 0, **overrides):
+    from fla.models import GLAConfig, GLAForCausalLM
+
+    settings = dict(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_heads=2, expand_k=0.5, expand_v=1.0,
+        intermediate_size=64, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = GLAForCausalLM(GLAConfig(**{**settings, **overrides})).float()
+    with torch.no_grad():  # slower gates than fla's initialisation, so states carry information across segments
+        for layer in model.model.layers:
+            layer.attn.gk_proj[1].bias.add_(4.0)
+    return model
+
+
+def _op_inputs(batch, seq_len, heads, k_dim, v_dim, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=g).requires_grad_()  # noqa: E731
+    gk = (torch.nn.functional.logsigmoid(torch.randn(batch, seq_len, heads, k_dim, generator=g)) / 4).requires_grad_()
+    return dict(
+        q=randn(batch, seq_len, heads, k_dim), k=randn(batch, seq_len, heads, k_dim),
+        v=randn(batch, seq_len, heads, v_dim), gk=gk, initial_state=randn(batch, heads, k_dim, v_dim),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seq_len", [1, 37, 70])
+def test_chunked_torch_path_equals_the_reference_and_fla_naive(seq_len):
+    from fla.ops.gla.naive import naive_recurrent_gla
+
+    inputs = _op_inputs(2, seq_len, 3, 8, 6)
+    out, final = gla_chunked(**inputs, chunk_size=16)
+    ref_out, ref_final = gla_ref(**inputs)
+    fla_out, fla_final = naive_recurrent_gla(*(inputs[k] for k in ("q", "k", "v", "gk", "initial_state")), True)
+    for ours, theirs in ((out, ref_out), (final, ref_final), (ref_out, fla_out), (ref_final, fla_final)):
+        assert relative_error(ours.detach(), theirs.detach()) < 1e-5
+    grads = torch.autograd.grad(out.square().sum() + final.square().sum(), list(inputs.values()))
+    ref_grads = torch.autograd.grad(ref_out.square().sum() + ref_final.square().sum(), list(inputs.values()))
+    for name, ours, theirs in zip(inputs, grads, ref_grads):
+        assert relative_error(ours, theirs) < 1e-5, name
+
+
+@pytest.mark.parametrize("seq_len", [1, 37, 70])
+def test_fla_chunk_gla_from_a_carried_state_equals_the_torch_path(kernel_calls, seq_len):
+    inputs = _op_inputs(2, seq_len, 2, 16, 16)
+    results, grads = {}, {}
+    for on in (True, False):
+        with kernel_branch(on) if on else torch_path():
+            o, final = kernels.gla_with_state(**inputs)
+        results[on] = (o.detach(), final.detach())
+        grads[on] = torch.autograd.grad(o.square().sum() + final.square().sum(), list(inputs.values()))
+    calls = kernel_calls()
+    assert calls["chunk_gla_fwd"] > 0 and calls["chunk_gla_bwd"] > 0, calls
+    for ours, theirs in zip(results[True], results[False]):
+        assert relative_error(ours, theirs) < 2e-5
+    for name, ours, theirs in zip(inputs, grads[True], grads[False]):
+        assert relative_error(ours, theirs) < 1e-4, name
+
+
+def test_each_layer_carries_one_v_by_k_matrix_per_head():
+    model = tiny_gla()
+    assert [kind.name for kind in state_kinds(model.config)] == ["recurrent_states"]
+    state = hl.CarriedState.zeros(model, 3)
+    assert state.accumulating_names == ["recurrent_states"] and state.window_names == []
+    assert [tuple(t.shape) for t in state.states["recurrent_states"]] == [(3, 2, 16, 8)] * 2
+
+
+@pytest.mark.parametrize("sizes", [[13, 17, 20], [1, 31, 18]], ids=str)
+def test_segments_reproduce_one_pass_logits_and_final_states(sizes):
+    model = tiny_gla().eval()
+    length = sum(sizes)
+    ids = torch.randint(1, 64, (2, length))
+    with torch_path(), torch.no_grad():
+        reference = model(ids).logits
+        logits, state = run_segments(model, ids, sizes)
+        _, one_pass = hl.forward_with_state(model, ids)
+        half = length // 2
+        restarted = torch.cat([hl.forward_with_state(model, ids[:, :half])[0].logits,
+                               hl.forward_with_state(model, ids[:, half:])[0].logits], 1)  # fmt: skip
+    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+    for ours, theirs in zip(state.all_tensors, one_pass.all_tensors):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert (restarted - reference).abs().max() > 1e-2  # the carried state matters, so the comparison can fail
+
+
+def test_gradients_through_attached_states_equal_one_pass():
+    model = tiny_gla().train()
+    ids = torch.randint(1, 64, (2, 40))
+
+    def grads(sizes):
+        model.zero_grad()
+        logits, _ = run_segments(model, ids, sizes)  # states stay attached between segments
+        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with torch_path():
+        one_pass, segmented = grads([40]), grads([11, 16, 13])
+    assert one_pass.keys() == segmented.keys() and len(one_pass) > 10
+    scale = max(g.abs().max() for g in one_pass.values())
+    for name, grad in one_pass.items():
+        torch.testing.assert_close(segmented[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_fla_model_on_its_kernels_equals_the_torch_path_segmented(kernel_calls):
+    """fla's own forward end to end (its Triton layer, norms and MLP; an unprepared model) against hf_longssm's torch
+    path in segments with the carried state."""
+    model = tiny_gla().eval()
+    ids = torch.randint(1, 64, (2, 70))  # above 64 tokens fla's layer takes chunk_gla
+    with kernel_branch(), torch.no_grad():
+        fla_logits = model(ids).logits
+    with torch_path(), torch.no_grad():
+        logits, _ = run_segments(model, ids, [30, 40])
+    assert kernel_calls()["chunk_gla_fwd"] > 0
+    assert relative_error(logits, fla_logits) < 1e-4
+
+
+def test_one_token_decoding_continues_from_to_cache_on_the_torch_path():
+    model = tiny_gla().eval()
+    ids = torch.randint(1, 64, (1, 24))
+    with torch_path(), torch.no_grad():
+        reference = model(ids).logits[:, -3:]
+        _, state = hl.forward_with_state(model, ids[:, :-3])
+        cache, steps = state.to_cache(), []
+        assert cache.get_seq_length() == 21
+        for t in range(21, 24):
+            steps.append(model(ids[:, t : t + 1], use_cache=True, past_key_values=cache).logits[:, -1])
+    torch.testing.assert_close(torch.stack(steps, 1), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_a_saved_model_loads_through_load_model_and_a_file_round_trips(tmp_path):
+    model = tiny_gla().eval()
+    model.save_pretrained(tmp_path / "gla")
+    loaded = hl.load_model(tmp_path / "gla")
+    ids = torch.randint(1, 64, (2, 30))
+    with torch_path(), torch.no_grad():
+        out, state = hl.forward_with_state(loaded, ids)
+        expected = model(ids).logits
+    torch.testing.assert_close(out.logits, expected, rtol=1e-5, atol=1e-5)
+    again = hl.CarriedState.from_state_dict(state.state_dict(), loaded.config)
+    assert all(torch.equal(a, b) for a, b in zip(again.all_tensors, state.all_tensors))
+
+
+@pytest.mark.parametrize("state_init", ["zero", "random_noise", "fitted_noise", "state_passing", "tbtt"])
+def test_every_state_init_trains_a_gla(tmp_path, state_init):
+    model = tiny_gla()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    documents = Dataset.from_dict({"input_ids": [[1 + (d * 7 + i) % 60 for i in range(90)] for d in range(8)]})
+    args = hl.StatePassingConfig(
+        output_dir=str(tmp_path), state_init=state_init, segment_length=16, per_device_train_batch_size=2,
+        max_steps=3, learning_rate=1e-3, fitted_noise_warmup_steps=1, use_cpu=True, report_to=[], logging_steps=1,
+    )  # fmt: skip
+    trainer = hl.StatePassingTrainer(model, args, train_dataset=documents)
+    with torch_path():
+        trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    if state_init == "fitted_noise":  # statistics per layer of the one accumulating kind
+        assert trainer.intervention.fitted_stats.num_layers == 2
+
+
+def test_unsupported_gla_configs_are_refused_with_what_to_do():
+    model = tiny_gla(use_short_conv=True)
+    with pytest.raises(ValueError, match="use_short_conv.*not supported by hf_longssm yet"):
+        hl.CarriedState.zeros(model, 1)
