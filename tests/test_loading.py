@@ -133,3 +133,19 @@ def test_a_multimodal_qwen3_5_checkpoint_gives_its_language_model_by_hub_id(hub_
         first, state = hl.forward_with_state(model, ids[:, :23], state)
         second, _ = hl.forward_with_state(model, ids[:, 23:], state)
     torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_whose_code_is_fla_says_what_to_install_when_fla_does_not_import(tmp_path):
+    import json
+
+    try:
+        import fla  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("fla imports here (the kernels environment tests GLA itself)")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gla", "hidden_size": 32}))
+    with pytest.raises(ImportError, match=r'pip install "hf-longssm\[fla\]"'):
+        load_model(tmp_path)
+    with pytest.raises(ImportError, match=r'pip install "hf-longssm\[fla\]"'):
+        loading.load_config(tmp_path)

@@ -20,6 +20,7 @@ from transformers.utils import logging
 
 from ..hub import hub_id, push_folder_to_hub
 from ..loading import apply_model_init, load_model, load_tokenizer
+from ..modeling import register_model_code
 from ..sources import load_documents
 from ..training import StatePassingConfig, StatePassingTrainer
 from ..training.checkpoints import FINISHED, FINISHED_FILE, last_complete_checkpoint, resume_point
@@ -53,6 +54,7 @@ def model_from_args(model_args: ModelArguments) -> PreTrainedModel:
     float32 for a model built from a config)."""
     if model_args.model_config is not None:
         spec = load_model_config_json(model_args.model_config)
+        register_model_code(spec.get("model_type"))  # a family whose code is another package's (fla)
         dtype = torch.float32 if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec), dtype=dtype)
         if model_args.model_init is not None:

@@ -184,3 +184,33 @@ def test_unsupported_gla_configs_are_refused_with_what_to_do():
     model = tiny_gla(use_short_conv=True)
     with pytest.raises(ValueError, match="use_short_conv.*not supported by hf_longssm yet"):
         hl.CarriedState.zeros(model, 1)
+
+
+def test_a_tiny_gla_post_trains_and_evaluates_from_the_command_line(tmp_path):
+    import json
+
+    from hf_longssm.cli import train
+    from hf_longssm.cli.eval import main as eval_main
+    from tests.cli.test_train import tiny_run_args
+
+    args = tiny_run_args(tmp_path, max_steps=2)
+    spec = tiny_gla(vocab_size=257).config.to_dict()
+    args[args.index("--model_config") + 1] = json.dumps(spec)
+    with torch_path():
+        trainer = train.main([*args, "--state_init", "tbtt"])
+        out = tmp_path / "run"
+        assert trainer.state.global_step == 2 and hl.load_model(str(out)).config.model_type == "gla"
+        eval_args = ["--model", str(out), "--task", "position_ppl", "--data", str(tmp_path / "play.txt"),
+                     "--length", "300", "--segment_length", "64", "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+        payload = json.loads(eval_main(eval_args).read_text())
+    buckets = payload["results"][str(out)]["buckets"]
+    assert payload["train_context"] == 16 and buckets[0]["start"] == 0 and buckets[-1]["end"] == 299
+    # the evaluation read 300 tokens in segments of 64 with the carried state: its NLL is one plain forward's
+    from hf_longssm.tokenization import byte_tokenizer
+
+    ids = torch.tensor([byte_tokenizer()((tmp_path / "play.txt").read_text())["input_ids"][:300]])
+    with torch_path(), torch.no_grad():
+        logits = hl.load_model(str(out))(ids).logits
+    nll = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()
+    weighted = sum(b["nll"] * (b["end"] - b["start"]) for b in buckets) / 299
+    assert weighted == pytest.approx(nll, rel=1e-4)
