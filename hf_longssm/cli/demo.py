@@ -17,6 +17,11 @@
 5. write results.json, results.md, perplexity_by_position.png and a model card for the state-passing model.
 
 Every stage is skipped when its output exists, and training resumes from its last checkpoint: re-running continues.
+
+The same demo for Gated Linear Attention (the paper's Figure 1; needs `pip install "hf-longssm[fla]"`), without the
+training-free extensions (they scale a Mamba layer's Δ):
+
+    hf-longssm demo --recipes_dir recipes/gla-tiny-bytes --output_dir outputs/demo-gla
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ import torch
 
 from .. import evaluation
 from ..evaluation.plots import plot_demo
+from ..extension import stateful_mixers
 from ..hub import render_model_card, results_table
-from ..loading import load_model, load_tokenizer
+from ..loading import load_config, load_model, load_tokenizer
 from ..sources import OFFLINE_SHAKESPEARE, load_documents
 from .extend import main as extend_main
 from .results import write_json
@@ -182,6 +188,15 @@ def far_near_table(report: dict) -> str:
     return "\n".join(rows)
 
 
+def has_mamba_layers(model_dir: Path) -> bool:
+    """Whether the training-free extensions apply: they scale a Mamba layer's Δ (the GLA demo has none)."""
+    try:
+        stateful_mixers(load_model(str(model_dir)))
+    except ValueError:
+        return False
+    return True
+
+
 def stage_recipes(recipes_dir: Path) -> list[tuple[str, Path]]:
     """`(stage name, recipe YAML)` for every stage, or a clear error naming `--recipes_dir`."""
     recipes = [(name, recipes_dir / relative) for name, relative in STAGES]
@@ -225,10 +240,14 @@ def main(argv: list[str] | None = None) -> dict:
     for name, config in stages:
         train_stage(name, config, out, out / "base", args.max_steps, args.seed)
 
-    say("stage 3/5: training-free extensions of the base and the state-passing model (calibrated on training plays)")
-    for name, source, options in EXTENSIONS:
+    extensions = EXTENSIONS if has_mamba_layers(out / "base") else []
+    if extensions:
+        say("stage 3/5: training-free extensions of the base and the state-passing model (calibrated on train plays)")
+    else:
+        say("stage 3/5: no training-free extensions (MambaExtend, LongMamba scale a Mamba layer's Δ): skipped")
+    for name, source, options in extensions:
         extend_stage(name, out / source, options, out, args.eval_length, args.extend_samples, args.extend_iterations)
-    names = [name for name, _ in stages] + [name for name, _, _ in EXTENSIONS]
+    names = [name for name, _ in stages] + [name for name, _, _ in extensions]
 
     say("stage 4/5: position-wise evaluation of every model on the same held-out bytes")
     results = {name: evaluate_stage(name, out / name, ids, train_context, out / f"eval_{name}.json") for name in names}
@@ -267,8 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
         else {"global_step": 400}
     )
     card = render_model_card(
-        model_name="mamba2-tiny-bytes-state-passing",
-        model_type="mamba2",
+        model_name=f"{Path(args.recipes_dir).name}-state-passing",
+        model_type=load_config(sp_dir).model_type,
         state_init="state_passing",
         segment_length=train_context,
         steps=trained["global_step"],

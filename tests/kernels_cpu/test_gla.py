@@ -214,3 +214,25 @@ def test_a_tiny_gla_post_trains_and_evaluates_from_the_command_line(tmp_path):
     nll = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()
     weighted = sum(b["nll"] * (b["end"] - b["start"]) for b in buckets) / 299
     assert weighted == pytest.approx(nll, rel=1e-4)
+
+
+def test_the_gla_demo_recipes_train_as_written(tmp_path, monkeypatch):
+    """recipes/gla-tiny-bytes, shrunk as tests/cli/test_recipes_by_hub_id.py shrinks the others: the pretraining
+    recipe writes outputs/demo-gla/base, which every post-training recipe names."""
+    from hf_longssm.cli import train
+    from tests.cli.test_recipes_by_hub_id import FLA_RECIPES, ROOT, TEXT, recipe_args
+
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    (tmp_path / "data").mkdir()
+    for i in range(2):
+        (tmp_path / "data" / f"doc{i}.txt").write_text(f"Document {i}. " + TEXT)
+    monkeypatch.chdir(tmp_path)
+    pretrain = next(r for r in FLA_RECIPES if r.name == "config_pretrain.yaml")
+    with torch_path():
+        trainers = [train.main(recipe_args(pretrain, tmp_path, output_dir=None))]
+        for recipe in [r for r in FLA_RECIPES if r != pretrain]:
+            out = tmp_path / "post" / recipe.parent.name
+            trainers.append(train.main([*recipe_args(recipe, tmp_path, out), "--eval_strategy", "no"]))
+            assert hl.load_model(str(out)).config.model_type == "gla"
+    assert [t.state.global_step for t in trainers] == [2] * 6
+    assert {t.args.state_init for t in trainers} == {"zero", "random_noise", "fitted_noise", "state_passing", "tbtt"}
