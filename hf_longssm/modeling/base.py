@@ -121,9 +121,23 @@ class SegmentStates:
         self.final_keys: list[torch.Tensor | None] = [None] * len(self.keys)
         self.final_values: list[torch.Tensor | None] = [None] * len(self.values)
 
-    def run_layer(self, mixer, hidden_states: torch.Tensor, layer_idx: int | None = None) -> torch.Tensor:
+    def run_layer(
+        self,
+        mixer,
+        hidden_states: torch.Tensor,
+        layer_idx: int | None = None,
+        kinds: Sequence[int] | None = None,
+        **kwargs,
+    ):
+        """Run `mixer.segment_forward(hidden_states, *initial states, **kwargs)` and record its final states.
+
+        `kinds` (indices into the family's state kinds; default: all) are the states this module carries: RWKV-7's
+        attention carries its token shift and matrix state, its feed-forward block its own token shift. The
+        segment forward returns its output (any object) followed by one final state per kind, in order.
+        """
         idx = self.ssm_slots[mixer.layer_idx if layer_idx is None else layer_idx]
-        if self.final[0][idx] is not None and not torch.is_grad_enabled():
+        kinds = range(len(self.states)) if kinds is None else kinds
+        if self.final[kinds[0]][idx] is not None and not torch.is_grad_enabled():
             # A second call in one segment outside a checkpointed replay: xLSTM's forward reads inputs longer than
             # `max_inference_chunksize` chunk by chunk in eval mode, each chunk from the cache it just wrote.
             raise ValueError(
@@ -134,13 +148,13 @@ class SegmentStates:
         # accelerate's hook has moved `hidden_states` to this layer's execution device, and a state built elsewhere
         # (zeros on the input device, a state loaded on the CPU) moves there once; the final state stays there for
         # the next segment. `.to` is differentiable: gradients still reach a state that requires them.
-        initial = [kind[idx] for kind in self.states]
+        initial = [self.states[kind][idx] for kind in kinds]
         initial = [t.to(hidden_states.device) if t.device != hidden_states.device else t for t in initial]
-        out, *final = mixer.segment_forward(hidden_states, *initial)
+        out, *final = mixer.segment_forward(hidden_states, *initial, **kwargs)
         # The final state keeps the initial state's dtypes: under autocast a conv window comes out in the autocast
         # dtype, and a state must stay valid for the next segment whatever precision this one ran in.
-        for slots, before, after in zip(self.final, initial, final):
-            slots[idx] = after.to(before.dtype)
+        for kind, before, after in zip(kinds, initial, final):
+            self.final[kind][idx] = after.to(before.dtype)
         return out
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -166,7 +180,7 @@ class SegmentStates:
 
     def final_states(self) -> list[list[torch.Tensor]]:
         """Per state kind, the state of every stateful layer after the segment."""
-        missing = [i for i, s in enumerate(self.final[0]) if s is None]
+        missing = sorted({i for kind in self.final for i, s in enumerate(kind) if s is None})
         missing += [i for i, s in enumerate(self.final_keys) if s is None]
         if missing:
             raise RuntimeError(f"Layers {missing} did not run through hf_longssm's stateful layers.")

@@ -5,29 +5,34 @@ fla computes its layers, norms and MLPs with Triton kernels only. Each class her
 (or with HF_LONGSSM_FORCE_KERNELS=1 under Triton's interpreter), runs fla's own forward; elsewhere it runs the same
 maths in torch (`kernels.kernels_allowed` decides, per tensor, as for the Mamba kernels):
 
-* the stateful layers (`StatefulGatedLinearAttention`) serve hf_longssm's `SegmentStates`; a plain call on the torch
-  path runs the same segment forward from and to fla's own cache, so `model(input_ids)` works on a CPU;
-* `TorchPathRMSNorm`, `TorchPathFusedRMSNormGated`, `TorchPathGatedMLP`: fla's `RMSNorm` (with its fused residual
-  add), gated RMS norm and SwiGLU MLP, computed as fla's kernels compute them (statistics in float32).
+* the stateful layers (GLA's attention; RWKV-7's attention and feed-forward, which carry a token shift each) serve
+  hf_longssm's `SegmentStates` with the segment forwards below; a plain call on the torch path runs the same segment
+  forward from and to fla's own cache, so `model(input_ids)` works on a CPU;
+* `TorchPath*`: fla's RMS, layer and group norms (with their fused residual add), gated RMS norm and SwiGLU MLP,
+  computed as fla's kernels compute them (statistics in float32).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from fla.layers import GatedLinearAttention
+from fla.layers import GatedLinearAttention, RWKV7Attention
 from fla.layers.utils import get_layer_cache, update_layer_cache
+from fla.models.rwkv7.modeling_rwkv7 import RWKV7FeedForward
 from fla.models.utils import Cache
-from fla.modules import FusedRMSNormGated, GatedMLP, RMSNorm
+from fla.modules import FusedRMSNormGated, GatedMLP, GroupNorm, LayerNorm, RMSNorm
 from fla.modules.activations import ACT2FN
-from transformers import PretrainedConfig
 
 from .base import SegmentStates, StatefulMixerMixin
-from .kernels import gla_with_state, kernels_allowed, report_path
+from .kernels import dplr_delta_rule_with_state, gla_with_state, kernels_allowed, report_path
+from .ops.gated_delta import l2_normalize
 
 
-def rms_norm(x, weight, bias, eps, residual=None, prenorm=False, residual_in_fp32=False):
-    """fla's `rms_norm` in torch: `x (+ residual)` normalized in float32, scaled, in `x`'s dtype; with `prenorm`
+def fla_norm(
+    x, weight, bias, eps, residual=None, prenorm=False, residual_in_fp32=False, is_rms_norm=True, num_groups=1
+):
+    """fla's `LayerNormFunction` (its `rms_norm`, `layer_norm` and `group_norm`) in torch: `x (+ residual)`
+    normalized per group in float32 (RMS, or mean and variance), scaled and shifted, in `x`'s dtype; with `prenorm`
     also the sum (the next block's residual: in the residual's dtype, or float32 with `residual_in_fp32`)."""
     dtype = x.dtype
     if residual is not None:
@@ -36,7 +41,10 @@ def rms_norm(x, weight, bias, eps, residual=None, prenorm=False, residual_in_fp3
     else:
         summed = x.float()
         residual_dtype = torch.float32 if residual_in_fp32 else dtype
-    out = summed * torch.rsqrt(summed.square().mean(-1, keepdim=True) + eps)
+    groups = summed.unflatten(-1, (num_groups, -1))
+    if not is_rms_norm:
+        groups = groups - groups.mean(-1, keepdim=True)
+    out = (groups * torch.rsqrt(groups.square().mean(-1, keepdim=True) + eps)).flatten(-2)
     if weight is not None:
         out = out * weight.float()
     if bias is not None:
@@ -52,14 +60,30 @@ class TorchPathRMSNorm(RMSNorm):
     def forward(self, x, residual=None, prenorm=False, residual_in_fp32=False):
         if kernels_allowed(x):
             return super().forward(x, residual, prenorm, residual_in_fp32)
-        return rms_norm(x, self.weight, self.bias, self.eps, residual, prenorm, residual_in_fp32)
+        return fla_norm(x, self.weight, self.bias, self.eps, residual, prenorm, residual_in_fp32)
+
+
+class TorchPathLayerNorm(LayerNorm):
+    def forward(self, x, residual=None, prenorm=False, residual_in_fp32=False):
+        if kernels_allowed(x):
+            return super().forward(x, residual, prenorm, residual_in_fp32)
+        return fla_norm(x, self.weight, self.bias, self.eps, residual, prenorm, residual_in_fp32, is_rms_norm=False)
+
+
+class TorchPathGroupNorm(GroupNorm):
+    def forward(self, x, residual=None, prenorm=False, residual_in_fp32=False):
+        if kernels_allowed(x):
+            return super().forward(x, residual, prenorm, residual_in_fp32)
+        return fla_norm(
+            x, self.weight, self.bias, self.eps, residual, prenorm, residual_in_fp32, self.is_rms_norm, self.num_groups
+        )
 
 
 class TorchPathFusedRMSNormGated(FusedRMSNormGated):
     def forward(self, x, g, residual=None, prenorm=False, residual_in_fp32=False):
         if kernels_allowed(x):
             return super().forward(x, g, residual, prenorm, residual_in_fp32)
-        normed = rms_norm(x, self.weight, self.bias, self.eps, residual, prenorm, residual_in_fp32)
+        normed = fla_norm(x, self.weight, self.bias, self.eps, residual, prenorm, residual_in_fp32)
         out, summed = normed if prenorm else (normed, None)
         out = (out.float() * _GATES[self.activation](g.float())).to(x.dtype)
         return (out, summed) if prenorm else out
@@ -114,57 +138,128 @@ def gla_forward_with_state(
     return layer.o_proj(out.reshape(batch, seq_len, -1)), recurrent_state.transpose(-1, -2)
 
 
-def fla_cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int) -> Cache:
-    """fla's own cache holding the carried recurrent states, as its layers read them, `position` tokens seen."""
+# ----- RWKV-7 --------------------------------------------------------------------------------------------------------
+RWKV7_LOG_DECAY = -0.6065306597126334  # w = -exp(-0.5) * sigmoid(...): RWKV-7's log decay, in (-0.607, 0)
+
+
+def _token_shift(x: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fla's `token_shift`: `[last, x[:-1]] - x`, and the window to carry (the segment's last token)."""
+    shifted = torch.cat([last[:, None].to(x.dtype), x[:, :-1]], dim=1)
+    return shifted - x, x[:, -1]
+
+
+def rwkv7_attention_forward_with_state(
+    layer: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    shift_state: torch.Tensor,
+    recurrent_state: torch.Tensor,
+    v_first: torch.Tensor | None = None,
+):
+    """fla's `RWKV7Attention` over a segment, from and to its carried token shift and matrix state.
+
+    Returns `((output (b, l, hidden), v_first), shift_state (b, hidden), recurrent_state (b, h, k, v))`; `v_first`
+    is the first layer's values, which every later layer mixes in (within the segment: nothing to carry).
+    """
+    batch, seq_len, _ = hidden_states.shape
+    delta, shift_state = _token_shift(hidden_states, shift_state)
+    xr, xw, xk, xv, xa, xg = (
+        hidden_states.addcmul(delta, mix) for mix in (layer.x_r, layer.x_w, layer.x_k, layer.x_v, layer.x_a, layer.x_g)
+    )
+    r = layer.r_proj(xr)
+    w = RWKV7_LOG_DECAY * layer.w_lora(xw).sigmoid()
+    k, v = layer.k_proj(xk), layer.v_proj(xv)
+    if layer.layer_idx == 0:
+        v_first = v
+    else:
+        v = torch.lerp(v, v_first, layer.v_lora(xv).sigmoid())
+    a = layer.a_lora(xa).sigmoid()
+    g = layer.g_lora(xg)
+    kk = (k * layer.k_k).unflatten(-1, (-1, layer.head_dim))
+    # fla's l2_norm with its fused norms (x / sqrt(|x|^2 + 1e-6)), torch's F.normalize without
+    kk = l2_normalize(kk) if layer.fuse_norm else F.normalize(kk, dim=-1, p=2.0)
+    k = k.addcmul(k * (a - 1), layer.k_a)
+    r, w, k, a = (x.unflatten(-1, (-1, layer.head_dim)) for x in (r, w, k, a))
+    v = v.unflatten(-1, (-1, layer.head_v_dim))
+
+    out, recurrent_state = dplr_delta_rule_with_state(r, k, v, -kk, kk * a, w, recurrent_state, scale=1.0)
+    out = out.to(v.dtype)
+    if layer.fuse_norm:
+        out = layer.g_norm(out.flatten(-2))
+    else:
+        out = layer.g_norm(out.reshape(batch * seq_len, -1)).view(batch, seq_len, -1)
+    # fla's gate_output_correction: the bonus (r . (k * r_k)) v per head, then the gate
+    bonus = ((r * k * layer.r_k).sum(-1, keepdim=True) * v).flatten(-2)
+    return (layer.o_proj((out + bonus) * g), v_first), shift_state, recurrent_state
+
+
+def rwkv7_ffn_forward_with_state(
+    ffn: torch.nn.Module, hidden_states: torch.Tensor, shift_state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fla's `RWKV7FeedForward` (channel mixing) over a segment, from and to its carried token shift."""
+    delta, shift_state = _token_shift(hidden_states, shift_state)
+    return ffn.value(ffn.act_fn(ffn.key(hidden_states.addcmul(delta, ffn.x_k)))), shift_state
+
+
+# ----- fla's cache ---------------------------------------------------------------------------------------------------
+def fla_cache(states: dict[str, list[torch.Tensor]], position: int, cache_keys: dict[str, str]) -> Cache:
+    """fla's own cache holding the carried states as its layers read them (`cache_keys`: state kind -> the cache
+    entry, `recurrent_state`, `conv_state`, `ffn_state`), `position` tokens seen."""
     cache = Cache()
-    for layer_idx, state in enumerate(states["recurrent_states"]):
-        cache.update(recurrent_state=state.detach().clone(), layer_idx=layer_idx, offset=position)
+    num_layers = len(next(iter(states.values())))
+    for layer_idx in range(num_layers):
+        entries = {cache_keys[name]: states[name][layer_idx].detach().clone() for name in cache_keys}
+        cache.update(**entries, layer_idx=layer_idx, offset=position)
     return cache
 
 
 # ----- the stateful layers -------------------------------------------------------------------------------------------
 class FlaStatefulLayerMixin(StatefulMixerMixin):
-    """An fla layer: `SegmentStates` as its cache runs the segment forward; a plain call runs fla's forward where
-    its kernels run, and on the torch path the segment forward from and to fla's cache (`fla_cache_keys` names the
-    cache entry of each state kind, in order)."""
+    """An fla layer: with `SegmentStates` as its cache it runs its segment forward (the subclass's `forward`); a
+    plain call runs fla's own forward where fla's kernels run, and on the torch path `torch_path_call`."""
 
     takes_delta_transform = False  # MambaExtend and LongMamba are defined on Mamba's Δ
-    fla_cache_keys: tuple[str, ...] = ("recurrent_state",)
+    fla_cache_keys: tuple[str, ...]  # the cache entry of each state this module carries, in order
+
+    def zero_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def torch_path_call(self, hidden_states, cache, use_cache, attention_mask, cu_seqlens, offset, **kwargs):
+        """The segment forward from and to fla's cache (zeros where it holds nothing), as fla's forward does."""
+        report_path(type(self).__bases__[-1].__name__, "torch", hidden_states)
+        if cu_seqlens is not None or (attention_mask is not None and not bool(attention_mask.all())):
+            raise NotImplementedError(
+                "hf_longssm's torch path for fla layers reads unpadded batches only: drop the padding (or "
+                "cu_seqlens), or run on CUDA where fla's kernels take them."
+            )
+        cached = get_layer_cache(self, cache) or {}
+        zeros = self.zero_states(hidden_states.shape[0], hidden_states)
+        states = [
+            cached[key] if cached.get(key) is not None else zero for key, zero in zip(self.fla_cache_keys, zeros)
+        ]
+        out, *states = self.segment_forward(hidden_states, *states, **kwargs)
+        if use_cache and cache is not None:
+            update_layer_cache(self, cache, **dict(zip(self.fla_cache_keys, states)), offset=offset)
+        return out
+
+
+class StatefulGatedLinearAttention(FlaStatefulLayerMixin, GatedLinearAttention):
+    segment_forward = gla_forward_with_state
+    fla_cache_keys = ("recurrent_state",)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, *args, **kwargs):
         if isinstance(past_key_values, SegmentStates):
             return past_key_values.run_layer(self, hidden_states), None, past_key_values
         if kernels_allowed(hidden_states):
-            return super(StatefulMixerMixin, self).forward(
-                hidden_states, attention_mask, past_key_values, use_cache, *args, **kwargs
+            return GatedLinearAttention.forward(
+                self, hidden_states, attention_mask, past_key_values, use_cache, *args, **kwargs
             )
-        report_path(type(self).__bases__[-1].__name__, "torch", hidden_states)
-        if kwargs.get("cu_seqlens") is not None or (attention_mask is not None and not bool(attention_mask.all())):
-            raise NotImplementedError(
-                "hf_longssm's torch path for fla layers reads unpadded batches only: drop the padding (or "
-                "cu_seqlens), or run on CUDA where fla's kernels take them."
-            )
-        cached = get_layer_cache(self, past_key_values)
-        batch = hidden_states.shape[0]
-        states = [
-            cached[key]
-            if cached is not None and cached.get(key) is not None
-            else self.zero_state(batch, hidden_states)
-            for key in self.fla_cache_keys
-        ]
-        out, *states = self.segment_forward(hidden_states, *states)
-        if use_cache:
-            update_layer_cache(
-                self, past_key_values, **dict(zip(self.fla_cache_keys, states)), offset=hidden_states.shape[1]
-            )
+        out = self.torch_path_call(
+            hidden_states, past_key_values, use_cache, attention_mask, kwargs.get("cu_seqlens"), hidden_states.shape[1]
+        )
         return out, None, past_key_values
 
-
-class StatefulGatedLinearAttention(FlaStatefulLayerMixin, GatedLinearAttention):
-    segment_forward = gla_forward_with_state
-
-    def zero_state(self, batch: int, like: torch.Tensor) -> torch.Tensor:
-        return like.new_zeros(batch, self.num_heads, self.head_v_dim, self.head_k_dim, dtype=torch.float32)
+    def zero_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
+        return [like.new_zeros(batch, self.num_heads, self.head_v_dim, self.head_k_dim, dtype=torch.float32)]
 
     def torch_gate_fn(self, gate: torch.Tensor) -> torch.Tensor:
         """The output gate's activation (a config without the fused norm): fla's Triton activation where its
@@ -177,9 +272,64 @@ class StatefulGatedLinearAttention(FlaStatefulLayerMixin, GatedLinearAttention):
         raise NotImplementedError(f"hf_longssm's torch path has no {self.gate_fn} output gate (swish, sigmoid).")
 
 
+class StatefulRWKV7Attention(FlaStatefulLayerMixin, RWKV7Attention):
+    segment_forward = rwkv7_attention_forward_with_state
+    fla_cache_keys = ("conv_state", "recurrent_state")
+    carried_kinds = (0, 1)  # the family's token shift and matrix state (`rwkv7.RWKV7_STATES`)
+
+    def forward(
+        self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, output_attentions=False,
+        v_first=None, cu_seqlens=None, **kwargs,
+    ):  # fmt: skip
+        if isinstance(past_key_values, SegmentStates):
+            out, v_first = past_key_values.run_layer(self, hidden_states, kinds=self.carried_kinds, v_first=v_first)
+            return out, None, past_key_values, v_first
+        if kernels_allowed(hidden_states):
+            return RWKV7Attention.forward(
+                self, hidden_states, attention_mask, past_key_values, use_cache, output_attentions, v_first,
+                cu_seqlens, **kwargs,
+            )  # fmt: skip
+        out, v_first = self.torch_path_call(
+            hidden_states, past_key_values, use_cache, attention_mask, cu_seqlens, hidden_states.shape[1],
+            v_first=v_first,
+        )  # fmt: skip
+        return out, None, past_key_values, v_first
+
+    def zero_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
+        heads = self.num_heads
+        return [
+            like.new_zeros(batch, self.hidden_size),
+            like.new_zeros(batch, heads, self.head_dim, self.head_v_dim, dtype=torch.float32),
+        ]
+
+
+class StatefulRWKV7FeedForward(FlaStatefulLayerMixin, RWKV7FeedForward):
+    segment_forward = rwkv7_ffn_forward_with_state
+    fla_cache_keys = ("ffn_state",)
+    carried_kinds = (2,)  # the family's feed-forward token shift
+
+    def forward(self, x, attention_mask=None, state=None, cu_seqlens=None, **kwargs):
+        if isinstance(state, SegmentStates):
+            return state.run_layer(self, x, kinds=self.carried_kinds), state
+        if kernels_allowed(x):
+            return RWKV7FeedForward.forward(self, x, attention_mask, state, cu_seqlens, **kwargs)
+        # fla's feed-forward writes its window with offset 0: the attention counted the tokens
+        return self.torch_path_call(x, state, state is not None, attention_mask, cu_seqlens, 0), state
+
+    def zero_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
+        return [like.new_zeros(batch, self.hidden_size)]
+
+
 TORCH_PATH_MODULES = {
     RMSNorm: TorchPathRMSNorm,
+    LayerNorm: TorchPathLayerNorm,
+    GroupNorm: TorchPathGroupNorm,
     FusedRMSNormGated: TorchPathFusedRMSNormGated,
     GatedMLP: TorchPathGatedMLP,
 }
 GLA_CLASSES = {GatedLinearAttention: StatefulGatedLinearAttention, **TORCH_PATH_MODULES}
+RWKV7_CLASSES = {
+    RWKV7Attention: StatefulRWKV7Attention,
+    RWKV7FeedForward: StatefulRWKV7FeedForward,
+    **TORCH_PATH_MODULES,
+}

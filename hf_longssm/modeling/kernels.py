@@ -31,6 +31,8 @@ from .ops import (
     causal_conv1d_ref,
     check_conv_activation,
     discretize,
+    dplr_chunked,
+    dplr_ref,
     gated_delta_rule_chunked,
     gated_delta_rule_ref,
     gla_chunked,
@@ -117,12 +119,24 @@ def _import_chunk_gla() -> tuple[Callable | None, str]:
     return chunk_gla, ""
 
 
+@functools.cache
+def _import_chunk_dplr_delta_rule() -> tuple[Callable | None, str]:
+    if importlib.util.find_spec("fla") is None:
+        return None, "flash-linear-attention is not installed"
+    try:
+        from fla.ops.generalized_delta_rule import chunk_dplr_delta_rule
+    except Exception as err:
+        return None, f"fla's chunk_dplr_delta_rule failed to import ({err})"
+    return chunk_dplr_delta_rule, ""
+
+
 _KERNEL_IMPORTS: dict[str, Callable[[], tuple[Callable | None, str]]] = {
     "selective_scan_fn": _import_selective_scan_fn,
     "mamba_chunk_scan_combined": _import_mamba_chunk_scan_combined,
     "causal_conv1d_fn": _import_causal_conv1d_fn,
     "chunk_gated_delta_rule": _import_chunk_gated_delta_rule,
     "chunk_gla": _import_chunk_gla,
+    "chunk_dplr_delta_rule": _import_chunk_dplr_delta_rule,
 }
 
 
@@ -208,8 +222,8 @@ def report_path(component: str, path: str, tensor: torch.Tensor | None = None) -
 def kernel_availability() -> dict[str, bool]:
     """Whether each kernel function imports here (without touching CUDA tensors), by function name:
     `selective_scan_fn` (Mamba-1), `mamba_chunk_scan_combined` (Mamba-2), `causal_conv1d_fn` (the conv of all
-    families), `chunk_gated_delta_rule` (Gated DeltaNet, fla), `chunk_gla` (GLA, fla). Each is imported on its
-    own, so one missing build disables only what it serves."""
+    families), `chunk_gated_delta_rule` (Gated DeltaNet, fla), `chunk_gla` (GLA, fla), `chunk_dplr_delta_rule`
+    (RWKV-7, fla). Each is imported on its own, so one missing build disables only what it serves."""
     return {name: load()[0] is not None for name, load in _KERNEL_IMPORTS.items()}
 
 
@@ -401,3 +415,21 @@ def gla_with_state(q, k, v, gk, initial_state, scale: float | None = None):
         return o.float(), final_state.float()
     report_path("GLA", "chunked torch", q)
     return gla_chunked(q, k, v, gk, initial_state, scale=scale)
+
+
+def dplr_delta_rule_with_state(q, k, v, a, b, gk, initial_state, scale: float | None = None):
+    """The DPLR delta rule (RWKV-7) from `initial_state`: fla's `chunk_dplr_delta_rule` on CUDA when installed,
+    `dplr_chunked` otherwise (layouts of `dplr_ref`: state `(b, h, k, v)`). Returns the output in float32 and the
+    final state in float32."""
+    if use_reference():
+        return dplr_ref(q, k, v, a, b, gk, initial_state, scale=scale)
+    chunk_dplr_delta_rule = kernel("chunk_dplr_delta_rule", q)
+    if chunk_dplr_delta_rule is not None:
+        _check_triton_on_cpu(q)
+        report_path("DPLR delta rule", "fla chunk_dplr_delta_rule")
+        o, final_state = chunk_dplr_delta_rule(
+            q, k, v, a, b, gk.float(), scale=scale, initial_state=initial_state.float(), output_final_state=True
+        )
+        return o.float(), final_state.float()
+    report_path("DPLR delta rule", "chunked torch", q)
+    return dplr_chunked(q, k, v, a, b, gk, initial_state, scale=scale)

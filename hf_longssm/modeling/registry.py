@@ -27,6 +27,7 @@ from . import (
     qwen3_5,
     qwen3_5_moe,
     qwen3_next,
+    rwkv7,
     xlstm,
     zamba2,
 )
@@ -50,6 +51,7 @@ FAMILIES: tuple[Architecture, ...] = (
     lfm2.ARCHITECTURE,
     xlstm.ARCHITECTURE,
     gla.ARCHITECTURE,
+    rwkv7.ARCHITECTURE,
 )
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {

@@ -8,11 +8,11 @@ triton or mamba_ssm:
 1. `TRITON_INTERPRET=1`: mamba-ssm's Triton kernels (Mamba-2) run in Triton's interpreter on CPU tensors.
 2. `stand_ins/` goes first on `sys.path`: CPU stand-ins of the two compiled extensions (`selective_scan_cuda`,
    `causal_conv1d_cuda`) that keep their C++ checks and compute with the packages' own torch references.
-3. Three adjustments torch 2.13 needs for CPU tensors in mamba-ssm's launchers: `torch.cuda.device(None)` (a CPU
+3. Four adjustments torch 2.13 needs for CPU tensors in mamba-ssm's launchers: `torch.cuda.device(None)` (a CPU
    tensor's `device.index`) is a no-op; Triton's `Autotuner` keeps one config per kernel (the interpreter cannot
    benchmark; the cheapest one, by mamba-ssm's own rule in `mamba_ssm.utils.determinism`); and
    `torch.cuda.get_device_properties(<cpu device>).multi_processor_count` answers 132 (an H100/H200's count, so the
-   backward kernels split work as they do there).
+   backward kernels split work as they do there); fla's DPLR kernels take their branch without `tl.gather`.
 
 An explicit `-m kernels_cpu` run without those packages is an error, not a silent skip.
 """
@@ -114,7 +114,18 @@ def pytest_configure(config):
     _tensor_induction_variables(interpreter.ASTTransformer)
     torch.cuda.device = _cpu_tolerant_device(torch.cuda.device)
     torch.cuda.get_device_properties = _cpu_device_properties(torch.cuda.get_device_properties)
+    _no_gather_in_fla_dplr()
     _active = True
+
+
+def _no_gather_in_fla_dplr():
+    """fla's DPLR kernels (RWKV-7) pick a row with `gather`, an alias of `tl.gather` taken when fla.ops.utils was
+    imported, which the interpreter does not patch (it raises "Did you forget to add @triton.jit ?"). Their
+    `GATHER_SUPPORTED=False` branch picks the row with `tl.where` and `tl.sum` instead, as on GPUs without gather."""
+    from fla.ops.generalized_delta_rule.dplr import chunk_A_bwd, chunk_A_fwd, wy_fast_fwd
+
+    for module in (chunk_A_fwd, chunk_A_bwd, wy_fast_fwd):
+        module.IS_GATHER_SUPPORTED = False
 
 
 def pytest_collection_modifyitems(config, items):
@@ -166,6 +177,11 @@ def kernel_calls(monkeypatch):
         triton_calls.update(chunk_gla_fwd=0, chunk_gla_bwd=0)
         for name in ("chunk_gla_fwd", "chunk_gla_bwd"):
             monkeypatch.setattr(gla_chunk, name, counting(name, getattr(gla_chunk, name)))
+        from fla.ops.generalized_delta_rule.dplr import chunk as dplr_chunk  # RWKV-7
+
+        triton_calls.update(chunk_dplr_fwd=0, chunk_dplr_bwd_dhu=0)
+        for name in ("chunk_dplr_fwd", "chunk_dplr_bwd_dhu"):
+            monkeypatch.setattr(dplr_chunk, name, counting(name, getattr(dplr_chunk, name)))
     selective_scan_cuda.CALLS.clear()
     causal_conv1d_cuda.CALLS.clear()
 

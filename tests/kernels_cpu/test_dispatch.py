@@ -49,6 +49,7 @@ def test_availability_is_reported_per_function():
         "causal_conv1d_fn",
         "chunk_gated_delta_rule",
         "chunk_gla",
+        "chunk_dplr_delta_rule",
     }
     assert all(isinstance(ok, bool) for ok in available.values())
 

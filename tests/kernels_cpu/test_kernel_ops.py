@@ -224,6 +224,7 @@ def test_all_kernel_functions_import_here():
         "causal_conv1d_fn": True,
         "chunk_gated_delta_rule": True,
         "chunk_gla": True,
+        "chunk_dplr_delta_rule": True,
     }
 
 

@@ -5,6 +5,7 @@
   into a scan from a carried state);
 * `ssd`: Mamba-2 (`ssd_scan_ref`, `ssd_chunk_scan`);
 * `gated_delta`: Gated DeltaNet (`gated_delta_rule_ref`, `gated_delta_rule_chunked`);
+* `dplr`: the diagonal-plus-low-rank delta rule, fla's RWKV-7 layers (`dplr_ref`, `dplr_chunked`);
 * `gla`: gated linear attention, fla's GLA layers (`gla_ref`, `gla_chunked`);
 * `conv`: the causal depthwise conv over [carried window, segment] (`causal_conv1d_ref`);
 * `common`: the discretised step and the stable segment sums they share.
@@ -12,6 +13,7 @@
 
 from .common import discretize, segsum
 from .conv import causal_conv1d_ref, check_conv_activation, next_conv_state
+from .dplr import dplr_chunked, dplr_ref
 from .gated_delta import gated_delta_rule_chunked, gated_delta_rule_ref
 from .gla import gla_chunked, gla_ref
 from .selective import (
@@ -28,6 +30,8 @@ __all__ = [
     "causal_conv1d_ref",
     "check_conv_activation",
     "discretize",
+    "dplr_chunked",
+    "dplr_ref",
     "gated_delta_rule_chunked",
     "gated_delta_rule_ref",
     "gla_chunked",

@@ -1,7 +1,8 @@
-"""GLA (flash-linear-attention's `GLAForCausalLM`, the [fla] extra): segments with the carried state reproduce one
-pass (float32, 1e-4) for logits, final states and gradients on hf_longssm's torch path; fla's own Triton kernels (in
-Triton's interpreter) give what the torch path gives, the op from a carried state and the whole model; every state
-init trains. In the kernels job because fla cannot be imported without Triton."""
+"""flash-linear-attention's families (the [fla] extra): GLA (`GLAForCausalLM`) and RWKV-7 (`RWKV7ForCausalLM`).
+Segments with the carried state reproduce one pass (float32, 1e-4) for logits, final states and gradients on
+hf_longssm's torch path; fla's own Triton kernels (in Triton's interpreter) give what the torch path gives, the ops
+from a carried state and the whole models; every state init trains; both post-train and evaluate from the command
+line. In the kernels job because fla cannot be imported without Triton."""
 
 from __future__ import annotations
 
@@ -11,13 +12,35 @@ from datasets import Dataset
 
 import hf_longssm as hl
 from hf_longssm.modeling import kernels, state_kinds
-from hf_longssm.modeling.ops import gla_chunked, gla_ref
+from hf_longssm.modeling.ops import dplr_chunked, dplr_ref, gla_chunked, gla_ref
 from tests.utils import run_segments
 
 from .helpers import kernel_branch, relative_error, torch_path
 
 
 pytestmark = pytest.mark.kernels_cpu
+FAMILIES = ["gla", "rwkv7"]
+
+
+def tiny_fla(model_type: str, seed: int = 0, **overrides):
+    return {"gla": tiny_gla, "rwkv7": tiny_rwkv7}[model_type](seed, **overrides)
+
+
+def tiny_rwkv7(seed: int = 0, **overrides):
+    from fla.models import RWKV7Config, RWKV7ForCausalLM
+
+    ranks = dict(decay_low_rank_dim=16, gate_low_rank_dim=16, a_low_rank_dim=16, v_low_rank_dim=16)
+    settings = dict(
+        vocab_size=64, hidden_size=64, num_hidden_layers=2, head_dim=16, intermediate_size=128, **ranks,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = RWKV7ForCausalLM(RWKV7Config(**{**settings, **overrides})).float()
+    with torch.no_grad():  # fla zeroes the output projections at init: then no layer's output (or state) matters
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "ffn.value.weight")):
+                p.normal_(0, 0.05)
+    return model
 
 
 def tiny_gla(seed: int = 0, **overrides):
@@ -78,6 +101,71 @@ def test_fla_chunk_gla_from_a_carried_state_equals_the_torch_path(kernel_calls, 
         assert relative_error(ours, theirs) < 1e-4, name
 
 
+def _dplr_inputs(batch, seq_len, heads, k_dim, v_dim, seed=0):
+    """RWKV-7's use: a = -kk, b = kk * a with kk unit vectors and a in (0, 1), log decays in (-0.607, 0)."""
+    g = torch.Generator().manual_seed(seed)
+    kk = torch.nn.functional.normalize(torch.randn(batch, seq_len, heads, k_dim, generator=g), dim=-1)
+    mix = torch.rand(batch, seq_len, heads, k_dim, generator=g)
+    leaf = lambda x: x.requires_grad_()  # noqa: E731
+    return dict(
+        q=leaf(torch.randn(batch, seq_len, heads, k_dim, generator=g)),
+        k=leaf(0.3 * torch.randn(batch, seq_len, heads, k_dim, generator=g)),
+        v=leaf(torch.randn(batch, seq_len, heads, v_dim, generator=g)),
+        a=leaf(-kk), b=leaf(kk * mix), gk=leaf(-0.6065 * torch.rand(batch, seq_len, heads, k_dim, generator=g)),
+        initial_state=leaf(torch.randn(batch, heads, k_dim, v_dim, generator=g)),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seq_len", [1, 37, 70])
+def test_dplr_chunked_torch_path_equals_the_reference_and_fla_naive(seq_len):
+    from fla.ops.generalized_delta_rule.dplr.naive import dplr_recurrence
+
+    inputs = _dplr_inputs(2, seq_len, 3, 8, 6)
+    out, final = dplr_chunked(**inputs, scale=1.0)
+    ref_out, ref_final = dplr_ref(**inputs, scale=1.0)
+    names = ("q", "k", "v", "a", "b", "gk")
+    fla_out, fla_final = dplr_recurrence(
+        *(inputs[n].transpose(1, 2) * (8**0.5 if n == "q" else 1) for n in names), inputs["initial_state"]
+    )  # fla's reference scales queries by k ** -0.5 itself
+    fla_out = fla_out.transpose(1, 2)
+    for ours, theirs in ((out, ref_out), (final, ref_final), (ref_out, fla_out), (ref_final, fla_final)):
+        assert relative_error(ours.detach(), theirs.detach()) < 1e-5
+    grads = torch.autograd.grad(out.square().sum() + final.square().sum(), list(inputs.values()))
+    ref_grads = torch.autograd.grad(ref_out.square().sum() + ref_final.square().sum(), list(inputs.values()))
+    for name, ours, theirs in zip(inputs, grads, ref_grads):
+        assert relative_error(ours, theirs) < 1e-5, name
+
+
+@pytest.mark.parametrize("seq_len", [1, 37, 70])
+def test_fla_chunk_dplr_delta_rule_from_a_carried_state_equals_the_torch_path(kernel_calls, seq_len):
+    inputs = _dplr_inputs(2, seq_len, 2, 16, 16)
+    results, grads = {}, {}
+    for on in (True, False):
+        with kernel_branch(on) if on else torch_path():
+            o, final = kernels.dplr_delta_rule_with_state(**inputs, scale=1.0)
+        results[on] = (o.detach(), final.detach())
+        grads[on] = torch.autograd.grad(o.square().sum() + final.square().sum(), list(inputs.values()))
+    calls = kernel_calls()
+    assert calls["chunk_dplr_fwd"] > 0 and calls["chunk_dplr_bwd_dhu"] > 0, calls
+    for ours, theirs in zip(results[True], results[False]):
+        assert relative_error(ours, theirs) < 2e-5
+    for name, ours, theirs in zip(inputs, grads[True], grads[False]):
+        assert relative_error(ours, theirs) < 1e-4, name
+
+
+def test_each_rwkv7_layer_carries_two_token_shifts_and_one_matrix_per_head():
+    model = tiny_rwkv7()
+    assert [kind.name for kind in state_kinds(model.config)] == [
+        "shift_states",
+        "recurrent_states",
+        "ffn_shift_states",
+    ]
+    state = hl.CarriedState.zeros(model, 3)
+    assert state.accumulating_names == ["recurrent_states"]
+    assert state.window_names == ["shift_states", "ffn_shift_states"]
+    assert [tuple(t[0].shape) for t in state.states.values()] == [(3, 64), (3, 4, 16, 16), (3, 64)]
+
+
 def test_each_layer_carries_one_v_by_k_matrix_per_head():
     model = tiny_gla()
     assert [kind.name for kind in state_kinds(model.config)] == ["recurrent_states"]
@@ -86,9 +174,10 @@ def test_each_layer_carries_one_v_by_k_matrix_per_head():
     assert [tuple(t.shape) for t in state.states["recurrent_states"]] == [(3, 2, 16, 8)] * 2
 
 
+@pytest.mark.parametrize("model_type", FAMILIES)
 @pytest.mark.parametrize("sizes", [[13, 17, 20], [1, 31, 18]], ids=str)
-def test_segments_reproduce_one_pass_logits_and_final_states(sizes):
-    model = tiny_gla().eval()
+def test_segments_reproduce_one_pass_logits_and_final_states(model_type, sizes):
+    model = tiny_fla(model_type).eval()
     length = sum(sizes)
     ids = torch.randint(1, 64, (2, length))
     with torch_path(), torch.no_grad():
@@ -104,8 +193,9 @@ def test_segments_reproduce_one_pass_logits_and_final_states(sizes):
     assert (restarted - reference).abs().max() > 1e-2  # the carried state matters, so the comparison can fail
 
 
-def test_gradients_through_attached_states_equal_one_pass():
-    model = tiny_gla().train()
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_gradients_through_attached_states_equal_one_pass(model_type):
+    model = tiny_fla(model_type).train()
     ids = torch.randint(1, 64, (2, 40))
 
     def grads(sizes):
@@ -122,21 +212,23 @@ def test_gradients_through_attached_states_equal_one_pass():
         torch.testing.assert_close(segmented[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
-def test_fla_model_on_its_kernels_equals_the_torch_path_segmented(kernel_calls):
-    """fla's own forward end to end (its Triton layer, norms and MLP; an unprepared model) against hf_longssm's torch
-    path in segments with the carried state."""
-    model = tiny_gla().eval()
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_fla_model_on_its_kernels_equals_the_torch_path_segmented(kernel_calls, model_type):
+    """fla's own forward end to end (its Triton layers, norms and MLPs; an unprepared model) against hf_longssm's
+    torch path in segments with the carried state."""
+    model = tiny_fla(model_type).eval()
     ids = torch.randint(1, 64, (2, 70))  # above 64 tokens fla's layer takes chunk_gla
     with kernel_branch(), torch.no_grad():
         fla_logits = model(ids).logits
     with torch_path(), torch.no_grad():
         logits, _ = run_segments(model, ids, [30, 40])
-    assert kernel_calls()["chunk_gla_fwd"] > 0
+    assert kernel_calls()["chunk_gla_fwd" if model_type == "gla" else "chunk_dplr_fwd"] > 0
     assert relative_error(logits, fla_logits) < 1e-4
 
 
-def test_one_token_decoding_continues_from_to_cache_on_the_torch_path():
-    model = tiny_gla().eval()
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_one_token_decoding_continues_from_to_cache_on_the_torch_path(model_type):
+    model = tiny_fla(model_type).eval()
     ids = torch.randint(1, 64, (1, 24))
     with torch_path(), torch.no_grad():
         reference = model(ids).logits[:, -3:]
@@ -148,10 +240,11 @@ def test_one_token_decoding_continues_from_to_cache_on_the_torch_path():
     torch.testing.assert_close(torch.stack(steps, 1), reference, rtol=1e-4, atol=1e-4)
 
 
-def test_a_saved_model_loads_through_load_model_and_a_file_round_trips(tmp_path):
-    model = tiny_gla().eval()
-    model.save_pretrained(tmp_path / "gla")
-    loaded = hl.load_model(tmp_path / "gla")
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_a_saved_model_loads_through_load_model_and_a_file_round_trips(tmp_path, model_type):
+    model = tiny_fla(model_type).eval()
+    model.save_pretrained(tmp_path / model_type)
+    loaded = hl.load_model(tmp_path / model_type)
     ids = torch.randint(1, 64, (2, 30))
     with torch_path(), torch.no_grad():
         out, state = hl.forward_with_state(loaded, ids)
@@ -161,9 +254,10 @@ def test_a_saved_model_loads_through_load_model_and_a_file_round_trips(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(again.all_tensors, state.all_tensors))
 
 
+@pytest.mark.parametrize("model_type", FAMILIES)
 @pytest.mark.parametrize("state_init", ["zero", "random_noise", "fitted_noise", "state_passing", "tbtt"])
-def test_every_state_init_trains_a_gla(tmp_path, state_init):
-    model = tiny_gla()
+def test_every_state_init_trains(tmp_path, model_type, state_init):
+    model = tiny_fla(model_type)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     documents = Dataset.from_dict({"input_ids": [[1 + (d * 7 + i) % 60 for i in range(90)] for d in range(8)]})
     args = hl.StatePassingConfig(
@@ -176,7 +270,7 @@ def test_every_state_init_trains_a_gla(tmp_path, state_init):
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
-    if state_init == "fitted_noise":  # statistics per layer of the one accumulating kind
+    if state_init == "fitted_noise":  # statistics per layer of the one accumulating kind (not the token shifts)
         assert trainer.intervention.fitted_stats.num_layers == 2
 
 
@@ -186,7 +280,8 @@ def test_unsupported_gla_configs_are_refused_with_what_to_do():
         hl.CarriedState.zeros(model, 1)
 
 
-def test_a_tiny_gla_post_trains_and_evaluates_from_the_command_line(tmp_path):
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_a_tiny_model_post_trains_and_evaluates_from_the_command_line(tmp_path, model_type):
     import json
 
     from hf_longssm.cli import train
@@ -194,12 +289,12 @@ def test_a_tiny_gla_post_trains_and_evaluates_from_the_command_line(tmp_path):
     from tests.cli.test_train import tiny_run_args
 
     args = tiny_run_args(tmp_path, max_steps=2)
-    spec = tiny_gla(vocab_size=257).config.to_dict()
+    spec = tiny_fla(model_type, vocab_size=257).config.to_dict()
     args[args.index("--model_config") + 1] = json.dumps(spec)
     with torch_path():
         trainer = train.main([*args, "--state_init", "tbtt"])
         out = tmp_path / "run"
-        assert trainer.state.global_step == 2 and hl.load_model(str(out)).config.model_type == "gla"
+        assert trainer.state.global_step == 2 and hl.load_model(str(out)).config.model_type == model_type
         eval_args = ["--model", str(out), "--task", "position_ppl", "--data", str(tmp_path / "play.txt"),
                      "--length", "300", "--segment_length", "64", "--output_dir", str(tmp_path / "eval")]  # fmt: skip
         payload = json.loads(eval_main(eval_args).read_text())
