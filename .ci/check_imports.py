@@ -45,6 +45,8 @@ LAYERS = {
     "hf_longssm.modeling.fla_layers": 0.26,
     "hf_longssm.modeling.gla": 0.27,
     "hf_longssm.modeling.rwkv7": 0.28,
+    "hf_longssm.modeling.rwkv6": 0.29,
+    "hf_longssm.modeling.fla_gated_deltanet": 0.28,
     "hf_longssm.modeling.qwen3_next": 0.27,
     "hf_longssm.modeling.qwen3_5": 0.27,
     "hf_longssm.modeling.qwen3_5_moe": 0.28,

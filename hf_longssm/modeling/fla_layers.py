@@ -16,15 +16,24 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from fla.layers import GatedLinearAttention, RWKV7Attention
+from fla.layers import GatedDeltaNet, GatedLinearAttention, RWKV6Attention, RWKV7Attention
 from fla.layers.utils import get_layer_cache, update_layer_cache
+from fla.models.rwkv6.modeling_rwkv6 import RWKV6FeedForward
 from fla.models.rwkv7.modeling_rwkv7 import RWKV7FeedForward
 from fla.models.utils import Cache
 from fla.modules import FusedRMSNormGated, GatedMLP, GroupNorm, LayerNorm, RMSNorm
 from fla.modules.activations import ACT2FN
 
 from .base import SegmentStates, StatefulMixerMixin
-from .kernels import dplr_delta_rule_with_state, gla_with_state, kernels_allowed, report_path
+from .kernels import (
+    causal_conv1d_with_state,
+    dplr_delta_rule_with_state,
+    gated_delta_rule_with_state,
+    gla_with_state,
+    kernels_allowed,
+    report_path,
+    rwkv6_with_state,
+)
 from .ops.gated_delta import l2_normalize
 
 
@@ -54,6 +63,17 @@ def fla_norm(
 
 
 _GATES = {"swish": F.silu, "silu": F.silu, "sigmoid": torch.sigmoid}
+
+
+def gate_activation(fn, gate: torch.Tensor) -> torch.Tensor:
+    """An output gate's activation `fn` (one of fla's `ACT2FN`): fla's Triton activation where its kernels run,
+    torch's otherwise."""
+    if kernels_allowed(gate):
+        return fn(gate)
+    for name, torch_fn in _GATES.items():
+        if fn is ACT2FN.get(name):
+            return torch_fn(gate)
+    raise NotImplementedError(f"hf_longssm's torch path has no {fn} output gate (swish, sigmoid).")
 
 
 class TorchPathRMSNorm(RMSNorm):
@@ -200,28 +220,121 @@ def rwkv7_ffn_forward_with_state(
     return ffn.value(ffn.act_fn(ffn.key(hidden_states.addcmul(delta, ffn.x_k)))), shift_state
 
 
+# ----- RWKV-6 --------------------------------------------------------------------------------------------------------
+def rwkv6_attention_forward_with_state(
+    layer: torch.nn.Module, hidden_states: torch.Tensor, shift_state: torch.Tensor, recurrent_state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fla's `RWKV6Attention` over a segment, from and to its carried token shift and matrix state.
+
+    Returns `(output (b, l, hidden), shift_state (b, hidden), recurrent_state (b, h, k, v))`.
+    """
+    batch, seq_len, hidden = hidden_states.shape
+    delta, shift_state = _token_shift(hidden_states, shift_state)
+    # the data-dependent token-shift mixes (ddlerp) of r, w, k, v, g, as fla's layer computes them
+    x = layer.x_proj[0](hidden_states, delta).view(batch, seq_len, -1, layer.proj_low_rank_dim)
+    x = torch.einsum("btnr,hnr->btnh", layer.x_proj[1](x), layer.x_proj[2].weight.view(hidden, 5, -1))
+    r, w, k, v, g = (x + layer.x_bias).unbind(-2)
+    r, w, k, v, g = (
+        proj(hidden_states, mix, delta)
+        for proj, mix in zip((layer.r_proj, layer.w_proj, layer.k_proj, layer.v_proj, layer.g_proj), (r, w, k, v, g))
+    )
+    r, w, k = (t.unflatten(-1, (-1, layer.head_k_dim)) for t in (r, w, k))
+    v = v.unflatten(-1, (-1, layer.head_v_dim))
+    out, recurrent_state = rwkv6_with_state(r, k, v, -torch.exp(w.float()), layer.bonus, recurrent_state, scale=1.0)
+    out = layer.g_norm(out.to(v.dtype).flatten(-2)) * gate_activation(layer.gate_fn, g)
+    return layer.o_proj(out), shift_state, recurrent_state
+
+
+def rwkv6_ffn_forward_with_state(
+    ffn: torch.nn.Module, hidden_states: torch.Tensor, shift_state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fla's `RWKV6FeedForward` (channel mixing with a receptance gate) over a segment, from and to its token shift."""
+    delta, shift_state = _token_shift(hidden_states, shift_state)
+    value = ffn.value(ffn.act_fn(ffn.key(hidden_states, delta)))
+    return ffn.receptance(hidden_states, delta).sigmoid() * value, shift_state
+
+
+# ----- fla's GatedDeltaNet -------------------------------------------------------------------------------------------
+def fla_gated_deltanet_forward_with_state(
+    layer: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    q_conv_state: torch.Tensor,
+    k_conv_state: torch.Tensor,
+    v_conv_state: torch.Tensor,
+    recurrent_state: torch.Tensor,
+):
+    """fla's `GatedDeltaNet` layer over a segment: its three short convs and the gated delta rule from their carried
+    windows and state. Returns the output, the three windows `(b, dim, conv_size)` and the state `(b, h, v, k)`."""
+    convs = []
+    for proj, conv, window in (
+        (layer.q_proj, layer.q_conv1d, q_conv_state),
+        (layer.k_proj, layer.k_conv1d, k_conv_state),
+        (layer.v_proj, layer.v_conv1d, v_conv_state),
+    ):
+        out, window = causal_conv1d_with_state(
+            proj(hidden_states).transpose(1, 2), window, conv.weight, conv.bias, "silu"
+        )
+        convs.append((out.transpose(1, 2), window))
+    (q, q_conv_state), (k, k_conv_state), (v, v_conv_state) = convs
+    q, k = (t.unflatten(-1, (-1, layer.head_k_dim)) for t in (q, k))
+    v = v.unflatten(-1, (-1, layer.head_v_dim))
+    beta = layer.b_proj(hidden_states).sigmoid()
+    if layer.allow_neg_eigval:  # eigenvalues of the transition in (-1, 1): beta in (0, 2)
+        beta = beta * 2
+    g = -layer.A_log.float().exp() * F.softplus(layer.a_proj(hidden_states).float() + layer.dt_bias)
+    # The op keeps the state `(k, v)` per head; fla's cache (and the carried state) keeps it `(v, k)`.
+    out, recurrent_state = gated_delta_rule_with_state(q, k, v, g, beta, recurrent_state.transpose(-1, -2))
+    out = out.to(v.dtype)
+    if layer.use_gate:
+        out = layer.o_norm(out, layer.g_proj(hidden_states).unflatten(-1, (-1, layer.head_v_dim)))
+    else:
+        out = layer.o_norm(out)
+    return layer.o_proj(out.flatten(-2)), q_conv_state, k_conv_state, v_conv_state, recurrent_state.transpose(-1, -2)
+
+
 # ----- fla's cache ---------------------------------------------------------------------------------------------------
-def fla_cache(states: dict[str, list[torch.Tensor]], position: int, cache_keys: dict[str, str]) -> Cache:
-    """fla's own cache holding the carried states as its layers read them (`cache_keys`: state kind -> the cache
-    entry, `recurrent_state`, `conv_state`, `ffn_state`), `position` tokens seen."""
+def fla_cache(
+    states: dict[str, list[torch.Tensor]], position: int, entries: dict[str, str | tuple[str, ...]]
+) -> Cache:
+    """fla's own cache holding the carried states as its layers read them, `position` tokens seen. `entries` names,
+    per cache entry (`recurrent_state`, `conv_state`, `ffn_state`), the state kind it holds, or the kinds of a
+    tuple entry (fla's GatedDeltaNet keeps its three conv windows as one `conv_state` tuple)."""
+
+    def held(kinds: str | tuple[str, ...], layer_idx: int):
+        if isinstance(kinds, str):
+            return states[kinds][layer_idx].detach().clone()
+        return tuple(states[kind][layer_idx].detach().clone() for kind in kinds)
+
     cache = Cache()
-    num_layers = len(next(iter(states.values())))
-    for layer_idx in range(num_layers):
-        entries = {cache_keys[name]: states[name][layer_idx].detach().clone() for name in cache_keys}
-        cache.update(**entries, layer_idx=layer_idx, offset=position)
+    for layer_idx in range(len(next(iter(states.values())))):
+        layer = {entry: held(kinds, layer_idx) for entry, kinds in entries.items()}
+        cache.update(**layer, layer_idx=layer_idx, offset=position)
     return cache
 
 
 # ----- the stateful layers -------------------------------------------------------------------------------------------
 class FlaStatefulLayerMixin(StatefulMixerMixin):
-    """An fla layer: with `SegmentStates` as its cache it runs its segment forward (the subclass's `forward`); a
-    plain call runs fla's own forward where fla's kernels run, and on the torch path `torch_path_call`."""
+    """An fla layer: with `SegmentStates` as its cache it runs its segment forward; a plain call runs fla's own
+    forward where fla's kernels run, and on the torch path `torch_path_call`. `forward` takes the arguments of GLA's
+    and GatedDeltaNet's layers; RWKV's attention and feed-forward blocks, called otherwise, override it."""
 
     takes_delta_transform = False  # MambaExtend and LongMamba are defined on Mamba's Δ
     fla_cache_keys: tuple[str, ...]  # the cache entry of each state this module carries, in order
 
     def zero_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, *args, **kwargs):
+        if isinstance(past_key_values, SegmentStates):
+            return past_key_values.run_layer(self, hidden_states), None, past_key_values
+        if kernels_allowed(hidden_states):
+            return super(StatefulMixerMixin, self).forward(
+                hidden_states, attention_mask, past_key_values, use_cache, *args, **kwargs
+            )
+        out = self.torch_path_call(
+            hidden_states, past_key_values, use_cache, attention_mask, kwargs.get("cu_seqlens"), hidden_states.shape[1]
+        )
+        return out, None, past_key_values
 
     def torch_path_call(self, hidden_states, cache, use_cache, attention_mask, cu_seqlens, offset, **kwargs):
         """The segment forward from and to fla's cache (zeros where it holds nothing), as fla's forward does."""
@@ -232,44 +345,31 @@ class FlaStatefulLayerMixin(StatefulMixerMixin):
                 "cu_seqlens), or run on CUDA where fla's kernels take them."
             )
         cached = get_layer_cache(self, cache) or {}
-        zeros = self.zero_states(hidden_states.shape[0], hidden_states)
-        states = [
-            cached[key] if cached.get(key) is not None else zero for key, zero in zip(self.fla_cache_keys, zeros)
-        ]
+        states = self.states_from_cache(cached, self.zero_states(hidden_states.shape[0], hidden_states))
         out, *states = self.segment_forward(hidden_states, *states, **kwargs)
         if use_cache and cache is not None:
-            update_layer_cache(self, cache, **dict(zip(self.fla_cache_keys, states)), offset=offset)
+            update_layer_cache(self, cache, **self.cache_entries(states), offset=offset)
         return out
+
+    def states_from_cache(self, cached: dict, zeros: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The states this module carries, from its layer's entries in fla's cache (`fla_cache_keys`)."""
+        keys = self.fla_cache_keys
+        return [cached[key] if cached.get(key) is not None else zero for key, zero in zip(keys, zeros)]
+
+    def cache_entries(self, states: list[torch.Tensor]) -> dict:
+        """fla's cache entries holding this module's final states (`fla_cache_keys`)."""
+        return dict(zip(self.fla_cache_keys, states))
 
 
 class StatefulGatedLinearAttention(FlaStatefulLayerMixin, GatedLinearAttention):
     segment_forward = gla_forward_with_state
     fla_cache_keys = ("recurrent_state",)
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, *args, **kwargs):
-        if isinstance(past_key_values, SegmentStates):
-            return past_key_values.run_layer(self, hidden_states), None, past_key_values
-        if kernels_allowed(hidden_states):
-            return GatedLinearAttention.forward(
-                self, hidden_states, attention_mask, past_key_values, use_cache, *args, **kwargs
-            )
-        out = self.torch_path_call(
-            hidden_states, past_key_values, use_cache, attention_mask, kwargs.get("cu_seqlens"), hidden_states.shape[1]
-        )
-        return out, None, past_key_values
-
     def zero_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
         return [like.new_zeros(batch, self.num_heads, self.head_v_dim, self.head_k_dim, dtype=torch.float32)]
 
     def torch_gate_fn(self, gate: torch.Tensor) -> torch.Tensor:
-        """The output gate's activation (a config without the fused norm): fla's Triton activation where its
-        kernels run, torch's otherwise."""
-        if kernels_allowed(gate):
-            return self.gate_fn(gate)
-        for name, torch_fn in _GATES.items():
-            if self.gate_fn is ACT2FN.get(name):
-                return torch_fn(gate)
-        raise NotImplementedError(f"hf_longssm's torch path has no {self.gate_fn} output gate (swish, sigmoid).")
+        return gate_activation(self.gate_fn, gate)
 
 
 class StatefulRWKV7Attention(FlaStatefulLayerMixin, RWKV7Attention):
@@ -303,21 +403,77 @@ class StatefulRWKV7Attention(FlaStatefulLayerMixin, RWKV7Attention):
         ]
 
 
-class StatefulRWKV7FeedForward(FlaStatefulLayerMixin, RWKV7FeedForward):
-    segment_forward = rwkv7_ffn_forward_with_state
+class StatefulTokenShiftFeedForwardMixin(FlaStatefulLayerMixin):
+    """RWKV's channel-mixing feed-forward block (RWKV-6, RWKV-7): it carries its own token shift, the family's third
+    state kind."""
+
     fla_cache_keys = ("ffn_state",)
-    carried_kinds = (2,)  # the family's feed-forward token shift
+    carried_kinds = (2,)
 
     def forward(self, x, attention_mask=None, state=None, cu_seqlens=None, **kwargs):
         if isinstance(state, SegmentStates):
             return state.run_layer(self, x, kinds=self.carried_kinds), state
         if kernels_allowed(x):
-            return RWKV7FeedForward.forward(self, x, attention_mask, state, cu_seqlens, **kwargs)
+            return super(StatefulMixerMixin, self).forward(x, attention_mask, state, cu_seqlens, **kwargs)
         # fla's feed-forward writes its window with offset 0: the attention counted the tokens
         return self.torch_path_call(x, state, state is not None, attention_mask, cu_seqlens, 0), state
 
     def zero_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
         return [like.new_zeros(batch, self.hidden_size)]
+
+
+class StatefulRWKV7FeedForward(StatefulTokenShiftFeedForwardMixin, RWKV7FeedForward):
+    segment_forward = rwkv7_ffn_forward_with_state
+
+
+class StatefulRWKV6Attention(FlaStatefulLayerMixin, RWKV6Attention):
+    segment_forward = rwkv6_attention_forward_with_state
+    fla_cache_keys = ("conv_state", "recurrent_state")
+    carried_kinds = (0, 1)  # the family's token shift and matrix state (`rwkv6.RWKV6_STATES`)
+
+    def forward(
+        self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, output_attentions=False,
+        cu_seqlens=None, **kwargs,
+    ):  # fmt: skip
+        if isinstance(past_key_values, SegmentStates):
+            return past_key_values.run_layer(self, hidden_states, kinds=self.carried_kinds), None, past_key_values
+        if kernels_allowed(hidden_states):
+            return RWKV6Attention.forward(
+                self, hidden_states, attention_mask, past_key_values, use_cache, output_attentions, cu_seqlens,
+                **kwargs,
+            )  # fmt: skip
+        out = self.torch_path_call(
+            hidden_states, past_key_values, use_cache, attention_mask, cu_seqlens, hidden_states.shape[1]
+        )
+        return out, None, past_key_values
+
+    def zero_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
+        return [
+            like.new_zeros(batch, self.hidden_size),
+            like.new_zeros(batch, self.num_heads, self.head_k_dim, self.head_v_dim, dtype=torch.float32),
+        ]
+
+
+class StatefulRWKV6FeedForward(StatefulTokenShiftFeedForwardMixin, RWKV6FeedForward):
+    segment_forward = rwkv6_ffn_forward_with_state
+
+
+class StatefulFlaGatedDeltaNet(FlaStatefulLayerMixin, GatedDeltaNet):
+    segment_forward = fla_gated_deltanet_forward_with_state
+
+    def zero_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
+        windows = [like.new_zeros(batch, dim, self.conv_size) for dim in (self.key_dim, self.key_dim, self.value_dim)]
+        state = like.new_zeros(batch, self.num_v_heads, self.head_v_dim, self.head_k_dim, dtype=torch.float32)
+        return [*windows, state]
+
+    def states_from_cache(self, cached: dict, zeros: list[torch.Tensor]) -> list[torch.Tensor]:
+        windows = cached.get("conv_state")
+        windows = zeros[:3] if windows is None else list(windows)
+        state = cached.get("recurrent_state")
+        return [*windows, zeros[3] if state is None else state]
+
+    def cache_entries(self, states: list[torch.Tensor]) -> dict:
+        return {"conv_state": tuple(states[:3]), "recurrent_state": states[3]}
 
 
 TORCH_PATH_MODULES = {
@@ -328,6 +484,12 @@ TORCH_PATH_MODULES = {
     GatedMLP: TorchPathGatedMLP,
 }
 GLA_CLASSES = {GatedLinearAttention: StatefulGatedLinearAttention, **TORCH_PATH_MODULES}
+RWKV6_CLASSES = {
+    RWKV6Attention: StatefulRWKV6Attention,
+    RWKV6FeedForward: StatefulRWKV6FeedForward,
+    **TORCH_PATH_MODULES,
+}
+GATED_DELTANET_CLASSES = {GatedDeltaNet: StatefulFlaGatedDeltaNet, **TORCH_PATH_MODULES}
 RWKV7_CLASSES = {
     RWKV7Attention: StatefulRWKV7Attention,
     RWKV7FeedForward: StatefulRWKV7FeedForward,

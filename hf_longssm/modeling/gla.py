@@ -59,7 +59,7 @@ def _mixers() -> dict[type, type]:
 def _cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int):
     from . import fla_layers
 
-    return fla_layers.fla_cache(states, position, {"recurrent_states": "recurrent_state"})
+    return fla_layers.fla_cache(states, position, {"recurrent_state": "recurrent_states"})
 
 
 ARCHITECTURE = Architecture(

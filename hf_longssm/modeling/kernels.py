@@ -38,6 +38,8 @@ from .ops import (
     gla_chunked,
     gla_ref,
     next_conv_state,
+    rwkv6_chunked,
+    rwkv6_ref,
     selective_scan_chunked,
     selective_scan_from_zero_with_correction,
     selective_scan_ref,
@@ -130,6 +132,17 @@ def _import_chunk_dplr_delta_rule() -> tuple[Callable | None, str]:
     return chunk_dplr_delta_rule, ""
 
 
+@functools.cache
+def _import_chunk_rwkv6() -> tuple[Callable | None, str]:
+    if importlib.util.find_spec("fla") is None:
+        return None, "flash-linear-attention is not installed"
+    try:
+        from fla.ops.rwkv6 import chunk_rwkv6
+    except Exception as err:
+        return None, f"fla's chunk_rwkv6 failed to import ({err})"
+    return chunk_rwkv6, ""
+
+
 _KERNEL_IMPORTS: dict[str, Callable[[], tuple[Callable | None, str]]] = {
     "selective_scan_fn": _import_selective_scan_fn,
     "mamba_chunk_scan_combined": _import_mamba_chunk_scan_combined,
@@ -137,6 +150,7 @@ _KERNEL_IMPORTS: dict[str, Callable[[], tuple[Callable | None, str]]] = {
     "chunk_gated_delta_rule": _import_chunk_gated_delta_rule,
     "chunk_gla": _import_chunk_gla,
     "chunk_dplr_delta_rule": _import_chunk_dplr_delta_rule,
+    "chunk_rwkv6": _import_chunk_rwkv6,
 }
 
 
@@ -223,7 +237,8 @@ def kernel_availability() -> dict[str, bool]:
     """Whether each kernel function imports here (without touching CUDA tensors), by function name:
     `selective_scan_fn` (Mamba-1), `mamba_chunk_scan_combined` (Mamba-2), `causal_conv1d_fn` (the conv of all
     families), `chunk_gated_delta_rule` (Gated DeltaNet, fla), `chunk_gla` (GLA, fla), `chunk_dplr_delta_rule`
-    (RWKV-7, fla). Each is imported on its own, so one missing build disables only what it serves."""
+    (RWKV-7, fla), `chunk_rwkv6` (RWKV-6, fla). Each is imported on its own, so one missing build disables only
+    what it serves."""
     return {name: load()[0] is not None for name, load in _KERNEL_IMPORTS.items()}
 
 
@@ -433,3 +448,20 @@ def dplr_delta_rule_with_state(q, k, v, a, b, gk, initial_state, scale: float | 
         return o.float(), final_state.float()
     report_path("DPLR delta rule", "chunked torch", q)
     return dplr_chunked(q, k, v, a, b, gk, initial_state, scale=scale)
+
+
+def rwkv6_with_state(q, k, v, w, u, initial_state, scale: float | None = None):
+    """RWKV-6 from `initial_state`: fla's `chunk_rwkv6` on CUDA when installed, `rwkv6_chunked` otherwise (layouts
+    of `rwkv6_ref`: state `(b, h, k, v)`). Returns the output in float32 and the final state in float32."""
+    if use_reference():
+        return rwkv6_ref(q, k, v, w, u, initial_state, scale=scale)
+    chunk_rwkv6 = kernel("chunk_rwkv6", q)
+    if chunk_rwkv6 is not None:
+        _check_triton_on_cpu(q)
+        report_path("RWKV-6", "fla chunk_rwkv6")
+        o, final_state = chunk_rwkv6(
+            q, k, v, w.float(), u, scale=scale, initial_state=initial_state.float(), output_final_state=True
+        )
+        return o.float(), final_state.float()
+    report_path("RWKV-6", "chunked torch", q)
+    return rwkv6_chunked(q, k, v, w, u, initial_state, scale=scale)

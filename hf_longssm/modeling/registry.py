@@ -16,6 +16,7 @@ from . import (
     bamba,
     falcon_h1,
     falcon_mamba,
+    fla_gated_deltanet,
     gla,
     granitemoehybrid,
     jamba,
@@ -27,6 +28,7 @@ from . import (
     qwen3_5,
     qwen3_5_moe,
     qwen3_next,
+    rwkv6,
     rwkv7,
     xlstm,
     zamba2,
@@ -51,7 +53,9 @@ FAMILIES: tuple[Architecture, ...] = (
     lfm2.ARCHITECTURE,
     xlstm.ARCHITECTURE,
     gla.ARCHITECTURE,
+    rwkv6.ARCHITECTURE,
     rwkv7.ARCHITECTURE,
+    fla_gated_deltanet.ARCHITECTURE,
 )
 
 SUPPORTED_ARCHITECTURES: dict[str, Architecture] = {

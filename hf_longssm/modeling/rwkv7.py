@@ -27,8 +27,12 @@ RWKV7_STATES = (
     StateKind("recurrent_states"),
     StateKind("ffn_shift_states", window=True),
 )
-# fla's cache entry of each state kind
-FLA_CACHE_KEYS = {"shift_states": "conv_state", "recurrent_states": "recurrent_state", "ffn_shift_states": "ffn_state"}
+# the state kind each entry of fla's cache holds
+FLA_CACHE_ENTRIES = {
+    "conv_state": "shift_states",
+    "recurrent_state": "recurrent_states",
+    "ffn_state": "ffn_shift_states",
+}
 
 
 def rwkv7_state_shapes(config: PretrainedConfig) -> StateShapes:
@@ -52,7 +56,7 @@ def _mixers() -> dict[type, type]:
 def _cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int):
     from . import fla_layers
 
-    return fla_layers.fla_cache(states, position, FLA_CACHE_KEYS)
+    return fla_layers.fla_cache(states, position, FLA_CACHE_ENTRIES)
 
 
 ARCHITECTURE = Architecture(

@@ -182,6 +182,11 @@ def kernel_calls(monkeypatch):
         triton_calls.update(chunk_dplr_fwd=0, chunk_dplr_bwd_dhu=0)
         for name in ("chunk_dplr_fwd", "chunk_dplr_bwd_dhu"):
             monkeypatch.setattr(dplr_chunk, name, counting(name, getattr(dplr_chunk, name)))
+        from fla.ops.rwkv6 import chunk as rwkv6_chunk  # RWKV-6
+
+        triton_calls.update(chunk_rwkv6_fwd=0, chunk_rwkv6_bwd=0)
+        for name in ("chunk_rwkv6_fwd", "chunk_rwkv6_bwd"):
+            monkeypatch.setattr(rwkv6_chunk, name, counting(name, getattr(rwkv6_chunk, name)))
     selective_scan_cuda.CALLS.clear()
     causal_conv1d_cuda.CALLS.clear()
 

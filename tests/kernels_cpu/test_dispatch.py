@@ -50,6 +50,7 @@ def test_availability_is_reported_per_function():
         "chunk_gated_delta_rule",
         "chunk_gla",
         "chunk_dplr_delta_rule",
+        "chunk_rwkv6",
     }
     assert all(isinstance(ok, bool) for ok in available.values())
 

@@ -225,6 +225,7 @@ def test_all_kernel_functions_import_here():
         "chunk_gated_delta_rule": True,
         "chunk_gla": True,
         "chunk_dplr_delta_rule": True,
+        "chunk_rwkv6": True,
     }
 
 

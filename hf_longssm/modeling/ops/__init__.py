@@ -6,7 +6,8 @@
 * `ssd`: Mamba-2 (`ssd_scan_ref`, `ssd_chunk_scan`);
 * `gated_delta`: Gated DeltaNet (`gated_delta_rule_ref`, `gated_delta_rule_chunked`);
 * `dplr`: the diagonal-plus-low-rank delta rule, fla's RWKV-7 layers (`dplr_ref`, `dplr_chunked`);
-* `gla`: gated linear attention, fla's GLA layers (`gla_ref`, `gla_chunked`);
+* `gla`: gated linear attention, fla's GLA and RWKV-6 layers (`gla_ref`, `gla_chunked`, `rwkv6_ref`,
+  `rwkv6_chunked`);
 * `conv`: the causal depthwise conv over [carried window, segment] (`causal_conv1d_ref`);
 * `common`: the discretised step and the stable segment sums they share.
 """
@@ -15,7 +16,7 @@ from .common import discretize, segsum
 from .conv import causal_conv1d_ref, check_conv_activation, next_conv_state
 from .dplr import dplr_chunked, dplr_ref
 from .gated_delta import gated_delta_rule_chunked, gated_delta_rule_ref
-from .gla import gla_chunked, gla_ref
+from .gla import gla_chunked, gla_ref, rwkv6_chunked, rwkv6_ref
 from .selective import (
     initial_state_correction,
     selective_scan,
@@ -38,6 +39,8 @@ __all__ = [
     "gla_ref",
     "initial_state_correction",
     "next_conv_state",
+    "rwkv6_chunked",
+    "rwkv6_ref",
     "segsum",
     "selective_scan",
     "selective_scan_chunked",

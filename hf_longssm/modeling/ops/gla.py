@@ -1,4 +1,4 @@
-"""Gated linear attention (GLA): the recurrence of fla's `GatedLinearAttention` layer, started from a carried state.
+"""Gated linear attention: the recurrences of fla's GLA and RWKV-6 layers, started from a carried state.
 
 Per head the state `S` is a `(k_dim, v_dim)` matrix. Token `t` decays each key row of it by `exp(gk_t)` (`gk_t <= 0`,
 one gate per key channel), adds the token's key-value outer product and is read by the (scaled) query:
@@ -7,11 +7,17 @@ one gate per key channel), adds the token's key-value outer product and is read 
 
 (what fla's `chunk_gla` / `fused_recurrent_gla` and their `naive_recurrent_gla` compute; `scale = k_dim ** -0.5`).
 
-* `gla_ref`: the recurrence token by token (the reference);
-* `gla_chunked`: the same in chunks, the torch path. Inside a chunk, with `G_i` the cumulative log gate since the
-  chunk's start, `S_i = exp(G_i) * S_0 + sum_{j<=i} exp(G_i - G_j) * k_j v_j^T` (per key channel), so
-  `o_i = (q_i exp(G_i)) S_0 + sum_{j<=i} (sum_d q_id k_jd exp(G_id - G_jd)) v_j`. Every exponent is `<= 0` (no
-  rescaling that can overflow) and everything is differentiable, the initial state included.
+RWKV-6 reads the state *before* the token's update, plus the token's own key-value weighted by a per-channel bonus
+`u` (fla's `chunk_rwkv6`, `naive_recurrent_rwkv6`; RWKV-6 calls it with `scale = 1`):
+
+    o_t = (S_{t-1} + diag(u) k_t v_t^T)^T (scale * q_t),   S_t = diag(exp(w_t)) S_{t-1} + k_t v_t^T
+
+* `gla_ref`, `rwkv6_ref`: the recurrences token by token (the references);
+* `gla_chunked`, `rwkv6_chunked`: the same in chunks, the torch path. Inside a chunk, with `G_i` the cumulative
+  log gate since the chunk's start, `S_i = exp(G_i) * S_0 + sum_{j<=i} exp(G_i - G_j) * k_j v_j^T` (per key
+  channel), so `o_i = (q_i exp(G_i)) S_0 + sum_{j<=i} (sum_d q_id k_jd exp(G_id - G_jd)) v_j`. Every exponent
+  is `<= 0` (no rescaling that can overflow) and everything is differentiable, the initial state included.
+  RWKV-6's output sums over `j < i` with `G_{i-1}` in place of `G_i`, plus its bonus term.
 
 Shape legend: b = batch, l = sequence, h = heads, k/v = key/value head dims, c = chunk length.
 """
@@ -88,6 +94,59 @@ def gla_chunked(
         scores = (qc[:, :, :, None, :] * kc[:, :, None, :, :] * pair.exp()).sum(-1)  # (b, h, c, c)
         outputs.append((qc * G.exp()) @ state + scores @ vc)
         last = G[:, :, -1:]  # (b, h, 1, k)
+        state = last.transpose(-1, -2).exp() * state + (kc * (last - G).exp()).transpose(-1, -2) @ vc
+    out = torch.cat(outputs, dim=2) if outputs else v.new_zeros(v.shape)
+    return out.transpose(1, 2), state
+
+
+@_float32
+def rwkv6_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RWKV-6 token by token: the arguments of `gla_ref` (`w` the log decays) and the bonus `u (h, k)`."""
+    q, k, v, w, state = _prepare(q, k, v, w, initial_state, scale)
+    u = u.float()[None, :, :, None]
+    outputs = []
+    for t in range(q.shape[2]):
+        kv = k[:, :, t, :, None] * v[:, :, t, None, :]
+        outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], state + u * kv))
+        state = w[:, :, t, :, None].exp() * state + kv
+    out = torch.stack(outputs, dim=2) if outputs else v.new_zeros(v.shape)
+    return out.transpose(1, 2), state
+
+
+@_float32
+def rwkv6_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    scale: float | None = None,
+    chunk_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RWKV-6 chunk by chunk (see the module docstring); the arguments and results of `rwkv6_ref`."""
+    q, k, v, w, state = _prepare(q, k, v, w, initial_state, scale)
+    u = u.float()[None, :, None, :]
+    outputs = []
+    for start in range(0, q.shape[2], chunk_size):
+        qc, kc, vc = (x[:, :, start : start + chunk_size] for x in (q, k, v))
+        G = w[:, :, start : start + chunk_size].cumsum(dim=2)  # (b, h, c, k)
+        G_prev = G - w[:, :, start : start + chunk_size]
+        n = G.shape[2]
+        before = torch.ones(n, n, dtype=torch.bool, device=G.device).tril(-1)  # j < i
+        pair = (G_prev[:, :, :, None, :] - G[:, :, None, :, :]).masked_fill(~before[:, :, None], float("-inf"))
+        scores = (qc[:, :, :, None, :] * kc[:, :, None, :, :] * pair.exp()).sum(-1)  # (b, h, c, c)
+        bonus = (qc * u * kc).sum(-1, keepdim=True) * vc
+        outputs.append((qc * G_prev.exp()) @ state + scores @ vc + bonus)
+        last = G[:, :, -1:]
         state = last.transpose(-1, -2).exp() * state + (kc * (last - G).exp()).transpose(-1, -2) @ vc
     out = torch.cat(outputs, dim=2) if outputs else v.new_zeros(v.shape)
     return out.transpose(1, 2), state
