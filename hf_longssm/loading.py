@@ -48,7 +48,7 @@ from .corpus import neox_tokenizer
 from .extension import CONFIG_KEY, EXTENSION_FILE, install_extension, read_extension
 from .files import load_torch_file
 from .mamba_ssm_format import check_state_dict, is_mamba_ssm_config, to_transformers_config, to_transformers_state_dict
-from .modeling import SUPPORTED_ARCHITECTURES, get_architecture, register_model_code
+from .modeling import SUPPORTED_ARCHITECTURES, get_architecture, prepare_model, register_model_code
 from .modeling.compat import peft_without_deprecation_warnings
 from .tokenization import LEGACY_MARKER_FILE, byte_tokenizer
 
@@ -122,6 +122,10 @@ def load_model(name_or_path: str | os.PathLike, **from_pretrained_kwargs: Any) -
         register_model_code(model_type)  # fla's model types (GLA, ...): transformers knows them once fla imports
         extension = _extension_file(name_or_path, config, download)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)
+        if SUPPORTED_ARCHITECTURES[model_type].register_model_code is not None:
+            # fla's models compute with Triton kernels only: hf_longssm's classes give their plain calls
+            # (`model(input_ids)`, generate) the torch path where those kernels do not run (a CPU)
+            prepare_model(model)
         return install_extension(model, read_extension(extension)) if extension is not None else model
     rest = {k: v for k, v in from_pretrained_kwargs.items() if k not in DOWNLOAD_KWARGS}
     return _load_mamba_ssm(name_or_path, config, download, **rest)

@@ -354,15 +354,46 @@ def test_to_cache_continues_in_fla_own_decoding_on_its_kernels(model_type):
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
-def test_a_saved_model_loads_through_load_model_and_a_file_round_trips(tmp_path, model_type):
+def test_the_lm_eval_adapter_scores_and_generates_from_the_carried_state(model_type):
+    """fla's generate() is not given hf_longssm's state: generate_until decodes greedily through the carried state and
+    gives what generate() gives re-reading the whole sequence; loglikelihood equals one pass."""
+    from lm_eval.api.instance import Instance
+
+    from hf_longssm.evaluation.harness import LongSSMLM
+    from hf_longssm.tokenization import byte_tokenizer
+
+    model = hl.prepare_model(tiny_fla(model_type, vocab_size=257).eval())  # plain calls on the torch path too
+    ours = LongSSMLM(model, tokenizer=byte_tokenizer(), segment_length=20)
+    prompt = "Now is the winter of our discontent made glorious summer by this sun of York."
+    ids = torch.tensor([ours.tok_encode(prompt)])
+    with torch_path(), torch.no_grad():
+        expected = []  # greedy decoding re-reading the whole sequence each step, ASCII only, up to EOS
+        for _ in range(12):
+            logits = model(torch.cat([ids, torch.tensor([expected], dtype=torch.long)], 1)).logits[0, -1]
+            logits[129:] = float("-inf")
+            expected.append(int(logits.argmax()))
+            if expected[-1] == ours.eot_token_id:  # generation ends at EOS
+                break
+        one_pass = torch.log_softmax(model(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None]).sum().item()
+        request = (prompt, {"until": [], "max_gen_toks": 12, "suppress_tokens": list(range(129, 257))})
+        [text] = ours.generate_until([Instance("generate_until", {}, request, 0)], disable_tqdm=True)
+        scored = ours.loglikelihood([Instance("loglikelihood", {}, (prompt[:1], prompt[1:]), 0)], disable_tqdm=True)
+    assert text == ours.tokenizer.decode(expected, skip_special_tokens=True)
+    assert scored[0][0] == pytest.approx(one_pass, abs=1e-3)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_a_saved_model_loads_prepared_through_load_model_and_a_file_round_trips(tmp_path, model_type):
     model = tiny_fla(model_type).eval()
     model.save_pretrained(tmp_path / model_type)
     loaded = hl.load_model(tmp_path / model_type)
     ids = torch.randint(1, 64, (2, 30))
     with torch_path(), torch.no_grad():
         out, state = hl.forward_with_state(loaded, ids)
-        expected = model(ids).logits
-    torch.testing.assert_close(out.logits, expected, rtol=1e-5, atol=1e-5)
+        plain = loaded(ids).logits  # load_model prepared it: a plain call takes the torch path on the CPU
+    with torch.no_grad():
+        expected = model(ids).logits  # the unprepared model: fla's own kernels (Triton's interpreter here)
+    assert relative_error(out.logits, expected) < 1e-4 and relative_error(plain, expected) < 1e-4
     again = hl.CarriedState.from_state_dict(state.state_dict(), loaded.config)
     assert all(torch.equal(a, b) for a, b in zip(again.all_tensors, state.all_tensors))
 
