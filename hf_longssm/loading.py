@@ -440,8 +440,30 @@ def log_spaced_decays(model: PreTrainedModel, low: float, high: float) -> None:
                 param.copy_(rates.log().view(shape).expand_as(param).to(param.dtype))
 
 
+def log_spaced_gate_memories(model: PreTrainedModel, shortest: float, longest: float) -> None:
+    """Set every GLA layer's gate bias so that, at a zero gate input, its key channels remember `shortest` to
+    `longest` tokens (log-spaced across each head's channels), in place: GLA's `A_logspace`.
+
+    A GLA channel decays by `exp(logsigmoid(x) / gate_logit_normalizer)` per token; fla's initialisation (`x` near 0)
+    forgets within ~23 tokens. A memory of `m` tokens is a per-token log decay of `-1 / m`, so the bias is
+    `-log(exp(normalizer / m) - 1)`.
+    """
+    if not 0 < shortest <= longest:
+        raise ValueError(f"Memories must satisfy 0 < shortest <= longest, got {shortest} and {longest}.")
+    layers = [m for m in model.modules() if hasattr(m, "gk_proj") and hasattr(m, "gate_logit_normalizer")]
+    if not layers:
+        raise ValueError(f"gla_memory_logspace sets GLA layers' gates; {type(model).__name__} has none.")
+    with torch.no_grad():
+        for layer in layers:
+            bias = layer.gk_proj[-1].bias
+            per_head = bias.shape[0] // (layer.num_heads // layer.num_kv_groups)
+            memories = torch.logspace(math.log10(shortest), math.log10(longest), per_head, dtype=torch.float64)
+            values = -torch.log(torch.expm1(layer.gate_logit_normalizer / memories))
+            bias.copy_(values.repeat(bias.shape[0] // per_head).to(bias.dtype))
+
+
 # What a recipe's `model_init` block may ask of a model built from `model_config`: name -> (function, argument doc).
-MODEL_INITS = {"A_logspace": log_spaced_decays}
+MODEL_INITS = {"A_logspace": log_spaced_decays, "gla_memory_logspace": log_spaced_gate_memories}
 
 
 def apply_model_init(model: PreTrainedModel, spec: dict[str, Any]) -> None:

@@ -17,8 +17,9 @@ from tests import hub_cache as fixtures
 
 hub_cache, hub_cache_files = fixtures.hub_cache, fixtures.hub_cache_files  # the offline Hub cache fixtures
 ROOT = Path(__file__).resolve().parents[2]
-# The GLA demo's recipes need fla (which imports Triton): they run in the kernels job (tests/kernels_cpu/test_gla.py).
-FLA_RECIPES = sorted((ROOT / "recipes" / "gla-tiny-bytes").glob("**/config_*.yaml"))
+# The GLA recipes need fla (which imports Triton): they run in the kernels job (tests/kernels_cpu/test_fla_families).
+FLA_FOLDERS = ("gla-tiny-bytes", "gla-1.3b")
+FLA_RECIPES = sorted(p for folder in FLA_FOLDERS for p in (ROOT / "recipes" / folder).glob("**/config_*.yaml"))
 RECIPES = sorted(set((ROOT / "recipes").glob("**/config_*.yaml")) - set(FLA_RECIPES))
 PRETRAIN = ROOT / "recipes" / "mamba2-tiny-bytes" / "zero" / "config_pretrain.yaml"
 TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 12
@@ -60,7 +61,7 @@ def workdir(tmp_path_factory):
 
 
 def test_every_recipe_is_run_here():
-    assert PRETRAIN in RECIPES and len(RECIPES) >= 7 and len(FLA_RECIPES) == 6
+    assert PRETRAIN in RECIPES and len(RECIPES) >= 7 and len(FLA_RECIPES) == 7
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])

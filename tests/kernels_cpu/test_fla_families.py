@@ -466,12 +466,50 @@ def test_the_gla_demo_recipes_train_as_written(tmp_path, monkeypatch):
     for i in range(2):
         (tmp_path / "data" / f"doc{i}.txt").write_text(f"Document {i}. " + TEXT)
     monkeypatch.chdir(tmp_path)
-    pretrain = next(r for r in FLA_RECIPES if r.name == "config_pretrain.yaml")
+    demo = [r for r in FLA_RECIPES if "gla-tiny-bytes" in str(r)]
+    pretrain = next(r for r in demo if r.name == "config_pretrain.yaml")
     with torch_path():
         trainers = [train.main(recipe_args(pretrain, tmp_path, output_dir=None))]
-        for recipe in [r for r in FLA_RECIPES if r != pretrain]:
+        for recipe in [r for r in demo if r != pretrain]:
             out = tmp_path / "post" / recipe.parent.name
             trainers.append(train.main([*recipe_args(recipe, tmp_path, out), "--eval_strategy", "no"]))
             assert hl.load_model(str(out)).config.model_type == "gla"
     assert [t.state.global_step for t in trainers] == [2] * 6
     assert {t.args.state_init for t in trainers} == {"zero", "random_noise", "fitted_noise", "state_passing", "tbtt"}
+
+
+def test_the_gla_recipe_trains_by_its_hub_id_from_the_cache(tmp_path, monkeypatch):
+    """recipes/gla-1.3b by its Hub id, served offline from a Hub cache holding a tiny GLA (and the byte tokenizer)
+    under `fla-hub/gla-1.3B-100B`, shrunk as the other recipes' tests shrink them: LoRA trains, the adapter saves and
+    loads back onto its base by id."""
+    from huggingface_hub import constants
+
+    from hf_longssm.cli import train
+    from hf_longssm.tokenization import byte_tokenizer
+    from tests.cli.test_recipes_by_hub_id import FLA_RECIPES, TEXT, recipe_args
+    from tests.hub_cache import saved_folder_files, write_repo
+
+    [recipe] = [r for r in FLA_RECIPES if "gla-1.3b" in str(r)]
+    model_id = "fla-hub/gla-1.3B-100B"
+    base = tiny_gla(vocab_size=257).eval()
+    files = saved_folder_files(base, tmp_path / "model") | saved_folder_files(byte_tokenizer(), tmp_path / "tok")
+    write_repo(tmp_path / "hf" / "hub", model_id, files)
+    for name, value in {
+        "HF_HOME": tmp_path / "hf",
+        "HF_HUB_CACHE": tmp_path / "hf" / "hub",
+        "HF_HUB_OFFLINE": "1",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    (tmp_path / "data").mkdir()
+    for i in range(2):
+        (tmp_path / "data" / f"doc{i}.txt").write_text(f"Document {i}. " + TEXT)
+    with torch_path():
+        trainer = train.main(recipe_args(recipe, tmp_path, tmp_path / "out"))
+        adapter = hl.load_model(str(tmp_path / "out"))
+    assert trainer.state.global_step == 2 and trainer.model.config.model_type == "gla"
+    assert (tmp_path / "out" / "adapter_config.json").is_file() and adapter.active_adapters == ["default"]
+    lora = {n for n, _ in adapter.named_parameters() if "lora_" in n}
+    assert lora and all(any(t in n for t in ("q_proj", "k_proj", "v_proj", "g_proj", "o_proj")) for n in lora)
