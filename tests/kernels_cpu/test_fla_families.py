@@ -513,3 +513,18 @@ def test_the_gla_recipe_trains_by_its_hub_id_from_the_cache(tmp_path, monkeypatc
     assert (tmp_path / "out" / "adapter_config.json").is_file() and adapter.active_adapters == ["default"]
     lora = {n for n, _ in adapter.named_parameters() if "lora_" in n}
     assert lora and all(any(t in n for t in ("q_proj", "k_proj", "v_proj", "g_proj", "o_proj")) for n in lora)
+
+
+def test_gla_memory_logspace_sets_each_heads_channel_memories_and_refuses_other_models():
+    from hf_longssm.loading import apply_model_init
+    from tests.utils import tiny_model
+
+    model = tiny_gla(num_kv_heads=1)  # two query heads share one key head: the bias has one head's channels
+    apply_model_init(model, {"gla_memory_logspace": [4, 4096]})
+    for layer in model.model.layers:
+        bias = layer.attn.gk_proj[1].bias.detach().double()
+        memory = -layer.attn.gate_logit_normalizer / torch.nn.functional.logsigmoid(bias)  # tokens per e-fold
+        expected = torch.logspace(torch.log10(torch.tensor(4.0)), torch.log10(torch.tensor(4096.0)), 8).double()
+        torch.testing.assert_close(memory, expected, rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="has none"):
+        apply_model_init(tiny_model("mamba2"), {"gla_memory_logspace": [4, 4096]})
