@@ -96,6 +96,9 @@ def render_model_card(
     if state_init not in METHODS:
         raise ValueError(f"Unknown state_init {state_init!r}.")
     architecture = get_architecture(model_type).display_name
+    # A family whose model code is another package's (flash-linear-attention): transformers' Auto classes know it
+    # once that package is imported
+    fla_code = get_architecture(model_type).register_model_code is not None
     eval_results = None
     if results:
         eval_results = [
@@ -141,6 +144,7 @@ def render_model_card(
         plot=plot,
         versions=_framework_versions(),
         adapter=adapter,
+        fla_code=fla_code,
         extra_settings=f"| attention_state | `{attention}` |" if attention else None,
     )
 
