@@ -153,9 +153,10 @@ def test_push_sends_weights_tokenizer_card_results_and_plot(tmp_path, monkeypatc
 
 def test_a_card_for_an_fla_family_imports_fla_in_its_quick_start():
     """GLA's model code is flash-linear-attention's: its quick start imports fla first (the card renders without it)."""
-    fla_card, mamba_card = card(model_type="gla", base_model="fla-hub/gla-1.3B-100B").text, card().text
+    gla = card(model_type="gla", base_model="fla-hub/gla-1.3B-100B")
+    fla_card, mamba_card = gla.text, card().text
     quick_start = fla_card.split("## Quick start")[1]
     assert quick_start.index("import fla") < quick_start.index("from_pretrained(")
-    assert "gla" in ModelCard(fla_card).data.tags
+    assert "gla" in gla.data.tags
     assert "a GLA model" in card(model_type="gla", base_model=None).text
     assert "import fla" not in mamba_card
