@@ -152,7 +152,7 @@ def test_push_sends_weights_tokenizer_card_results_and_plot(tmp_path, monkeypatc
 
 
 def test_a_card_for_an_fla_family_imports_fla_in_its_quick_start():
-    """GLA's model code is flash-linear-attention's: its quick start imports fla first (the card renders without it)."""
+    """GLA's model code is fla's: the quick start imports fla first (the card itself renders without it)."""
     gla = card(model_type="gla", base_model="fla-hub/gla-1.3B-100B")
     fla_card, mamba_card = gla.text, card().text
     quick_start = fla_card.split("## Quick start")[1]

@@ -14,6 +14,7 @@ from transformers import TrainingArguments
 from transformers.utils import logging
 
 from .distributed import check_sharding_arguments
+from .eval_tasks import EVAL_TASKS
 from .interventions import INTERVENTIONS
 
 
@@ -121,6 +122,16 @@ class StatePassingConfig(TrainingArguments):
         eval_plots (`bool`, *optional*, defaults to `True`):
             After every evaluation, write `output_dir/eval/perplexity_by_position.png` (one line per evaluation)
             and `output_dir/eval/history.json`; the last evaluation's table goes into the model card.
+        eval_tasks (`list[str]`, *optional*, defaults to `[]`):
+            Long-context tasks run at every evaluation beside the perplexity: `passkey` (depths 0.1, 0.5, 0.9),
+            `babilong_qa1` ... `babilong_qa5` (hf_longssm's offline BABILong twin). Each logs
+            `<prefix>_<task>_acc_<length>` and `<prefix>_<task>_acc` (the mean), and the last evaluation's
+            accuracies go into the model card as a table per task.
+        eval_task_lengths (`list[int]`, *optional*, defaults to `[segment_length, 4 * segment_length,
+            16 * segment_length]`):
+            Prompt lengths in tokens of `eval_tasks` (strictly increasing).
+        eval_task_trials (`int`, *optional*, defaults to `5`):
+            Seeded prompts per length (and depth) of each task: the same prompts at every evaluation.
 
     Parameters that control the run folder:
 
@@ -183,6 +194,14 @@ class StatePassingConfig(TrainingArguments):
     eval_plots: bool = field(
         default=True, metadata={"help": "Plot perplexity by position into output_dir/eval after every evaluation."}
     )
+    eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Tasks run at every evaluation: passkey, babilong_qa1 ... babilong_qa5."},
+    )
+    eval_task_lengths: list[int] | None = field(
+        default=None, metadata={"help": "Prompt lengths of eval_tasks (default: 1, 4 and 16 segment lengths)."}
+    )
+    eval_task_trials: int = field(default=5, metadata={"help": "Seeded prompts per length of each eval task."})
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start over in output_dir: earlier checkpoints are deleted, a finished run is retrained."},
@@ -237,6 +256,17 @@ class StatePassingConfig(TrainingArguments):
             raise ValueError(
                 f"eval_max_length must be >= 2 and eval_bucket_start >= 1, got {self.eval_max_length} and "
                 f"{self.eval_bucket_start}."
+            )
+        unknown = [task for task in self.eval_tasks if task not in EVAL_TASKS]
+        if unknown:
+            raise ValueError(f"eval_tasks {unknown} are not tasks; choose from {list(EVAL_TASKS)}.")
+        if self.eval_task_lengths is None:
+            self.eval_task_lengths = [self.segment_length, 4 * self.segment_length, 16 * self.segment_length]
+        lengths = list(self.eval_task_lengths)
+        if not lengths or lengths != sorted(set(lengths)) or lengths[0] < 1 or self.eval_task_trials < 1:
+            raise ValueError(
+                f"eval_task_lengths must be strictly increasing positive lengths and eval_task_trials >= 1, got "
+                f"{lengths} and {self.eval_task_trials}."
             )
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}.")

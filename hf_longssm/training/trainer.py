@@ -56,6 +56,7 @@ from .distributed import (
     position_nll_sum_across_processes,
     save_gathered_model,
 )
+from .eval_tasks import run_eval_task, task_metrics, task_tables
 from .interventions import INTERVENTIONS
 from .lora import apply_default_lora_targets
 from .output_lock import hold_output_dir
@@ -167,6 +168,12 @@ class StatePassingTrainer(Trainer):
         self._state_norms: dict[str, tuple[torch.Tensor | None, int]] = {"train": (None, 0), "eval": (None, 0)}
         self._card_kwargs: dict[str, Any] = {}
         self._last_eval_buckets: list[dict] | None = None
+        self._last_task_results: dict[str, list[dict]] = {}
+        if self.args.eval_tasks and self.processing_class is None:
+            raise ValueError(
+                f"eval_tasks={self.args.eval_tasks} builds prompts from text: pass the tokenizer "
+                "(processing_class=) to StatePassingTrainer."
+            )
         if self._eval_input_ids is not None and args.eval_plots:
             self.add_callback(EvalPlotCallback())
         if hasattr(base, "add_model_tags"):
@@ -256,6 +263,15 @@ class StatePassingTrainer(Trainer):
         result = PositionPerplexity(nll=(total / input_ids.shape[0]).float(), num_sequences=input_ids.shape[0])
         buckets = result.perplexity(log_buckets(len(result.nll), self.args.eval_bucket_start))
         metrics = position_metrics(result, buckets, self.args.segment_length, metric_key_prefix)
+        # Every process runs the same seeded prompts (a sharded model needs all of them in each forward).
+        for task in self.args.eval_tasks:
+            rows = run_eval_task(
+                self.model, self.processing_class, task, self.args.eval_task_lengths,
+                num_trials=self.args.eval_task_trials, segment_length=self.args.segment_length,
+                attention_state=self.args.attention_state, attention_window=self.args.attention_window,
+            )  # fmt: skip
+            metrics.update(task_metrics(task, rows, metric_key_prefix))
+            self._last_task_results[task] = rows
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start_time, 4)
         self._last_eval_buckets = buckets
         self.log(metrics)
@@ -410,6 +426,8 @@ class StatePassingTrainer(Trainer):
         if results is None and self._last_eval_buckets is not None:  # the last evaluation while training
             results = self._last_eval_buckets
             table = table or results_table({"perplexity": results})
+        if self._last_task_results:  # the long-context tasks of the last evaluation, a table each
+            table = "\n\n".join(t for t in (table, task_tables(self._last_task_results)) if t)
 
         config = unwrap_model(self.model).config
         args = self.args

@@ -310,6 +310,19 @@ def test_gradients_through_attached_states_equal_one_pass(model_type):
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
+def test_a_reset_row_restarts_its_document_the_other_row_goes_on(model_type):
+    model = tiny_fla(model_type).eval()
+    ids = torch.randint(1, 64, (2, 30))
+    with torch_path(), torch.no_grad():
+        _, state = hl.forward_with_state(model, ids[:, :20])
+        out, _ = hl.forward_with_state(model, ids[:, 20:], state.reset(torch.tensor([True, False])))
+        fresh, _ = hl.forward_with_state(model, ids[:1, 20:])
+        kept, _ = hl.forward_with_state(model, ids[1:, 20:], state.permute([1]))
+    torch.testing.assert_close(out.logits[:1], fresh.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.logits[1:], kept.logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
 def test_fla_model_on_its_kernels_equals_the_torch_path_segmented(kernel_calls, model_type):
     """fla's own forward end to end (its Triton layers, norms and MLPs; an unprepared model) against hf_longssm's
     torch path in segments with the carried state."""

@@ -113,3 +113,47 @@ def test_metric_for_best_model_can_be_the_far_near_ratio(tmp_path):
         log["step"]: log["eval_far_near_ratio"] for log in trainer.state.log_history if "eval_far_near_ratio" in log
     }
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{min(ratios, key=ratios.get)}")
+
+
+def test_eval_tasks_run_at_every_evaluation_and_their_tables_go_into_the_card(tmp_path):
+    """`eval_tasks`: passkey and the BABILong twin beside the perplexity, logged per prompt length at every
+    evaluation (the same seeded prompts `run_eval_task` builds), the last evaluation's tables in the card."""
+    from hf_longssm.tokenization import byte_tokenizer
+    from hf_longssm.training.eval_tasks import run_eval_task
+
+    tasks, lengths = ["passkey", "babilong_qa1"], [256, 384]
+    model, tokenizer = tiny_model("mamba2", vocab_size=257), byte_tokenizer()
+    args = config(
+        tmp_path, eval_strategy="steps", eval_steps=3, eval_tasks=tasks, eval_task_lengths=lengths, eval_task_trials=1,
+        segment_length=32, max_steps=3,
+    )  # fmt: skip
+    trainer = hl.StatePassingTrainer(
+        model=model, args=args, train_dataset=documents(16, 100, 0), eval_dataset=documents(4, 70, 1),
+        processing_class=tokenizer,
+    )  # fmt: skip
+    trainer.train()
+    evals = [log for log in trainer.state.log_history if "eval_passkey_acc" in log]
+    assert [log["step"] for log in evals] == [3]
+    for task in tasks:
+        rows = run_eval_task(model, tokenizer, task, lengths, num_trials=1, segment_length=32)
+        assert [r["length"] for r in rows] == lengths and all(0 <= r["accuracy"] <= 1 for r in rows)
+        for row in rows:
+            assert evals[-1][f"eval_{task}_acc_{row['length']}"] == row["accuracy"]
+        assert evals[-1][f"eval_{task}_acc"] == pytest.approx(sum(r["accuracy"] for r in rows) / 2)
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "passkey accuracy by prompt length" in card and "babilong_qa1 accuracy by prompt length" in card
+    assert "| 384 |" in card
+
+
+def test_eval_tasks_are_checked_when_configured(tmp_path):
+    with pytest.raises(ValueError, match="are not tasks; choose from"):
+        config(tmp_path, eval_tasks=["copy"])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        config(tmp_path, eval_tasks=["passkey"], eval_task_lengths=[512, 256])
+    with pytest.raises(ValueError, match="pass the tokenizer"):
+        hl.StatePassingTrainer(
+            model=tiny_model("mamba2"),
+            args=config(tmp_path, eval_tasks=["passkey"]),
+            train_dataset=documents(4, 40, 0),
+        )
