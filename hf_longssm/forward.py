@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.utils import logging
 
 from .modeling import (
     SegmentStates,
@@ -23,7 +24,11 @@ from .modeling import (
     state_shapes,
 )
 from .modeling.hybrid import segment_attention_masks
+from .modeling.registry import reentrant_checkpointing
 from .state import CarriedState
+
+
+logger = logging.get_logger(__name__)
 
 
 def _compute_dtypes(model, dtype: torch.dtype, device: torch.device) -> set[torch.dtype]:
@@ -196,6 +201,14 @@ def forward_with_state(
         valid = state.key_valid.to(reference.device)
         kwargs["attention_mask"] = segment_attention_masks(base.config, valid, length, dtype)
         kwargs["position_ids"] = torch.arange(state.position, state.position + length, device=reference.device)[None]
+    if checkpointing and base.training and reentrant_checkpointing(base):
+        # Reentrant checkpointing runs each layer's forward without autograd: the final states it records carry no
+        # graph, and a loss in a later segment would silently not reach this one.
+        logger.warning_once(
+            "hf_longssm: with reentrant activation checkpointing (use_reentrant=True) the final states carry no "
+            "gradient: backpropagating through segment boundaries needs use_reentrant=False. (State passing and "
+            "TBTT detach them anyway.)"
+        )
     # Only a checkpointed layer in training drops its cache argument: nothing to do per segment otherwise.
     keep_cache = cache_kept_under_checkpointing(base) if checkpointing and base.training else contextlib.nullcontext()
     with keep_cache:

@@ -78,6 +78,9 @@ class Architecture:
     # shift `labels` themselves, take no `shift_labels` and use a Triton-only fused loss: `forward_with_state`
     # computes the loss from their logits instead.
     model_computes_loss: bool = True
+    # What else `prepare_model` does to a model of the family, once its classes are swapped (fla: a loss that runs
+    # where fla's Triton-only fused cross-entropy does not).
+    prepare: Callable[[Any], None] | None = None
 
 
 LAYER_SSM, LAYER_ATTENTION, LAYER_BOTH, LAYER_NONE = "ssm", "attention", "ssm+attention", "none"

@@ -17,7 +17,7 @@ import torch
 from transformers import PretrainedConfig
 
 from .base import Architecture, StateKind, StateShapes
-from .gla import import_fla
+from .gla import import_fla, prepare_fla_model
 
 
 FLA_GATED_DELTANET_STATES = (
@@ -82,5 +82,6 @@ ARCHITECTURE = Architecture(
     to_cache=_cache,
     generate_from_cache=False,  # fla's generate needs its own cache bookkeeping: decode through the state
     register_model_code=import_fla,
+    prepare=prepare_fla_model,
     model_computes_loss=False,  # fla's loss shifts labels itself (and is Triton-only when fused)
 )

@@ -21,7 +21,7 @@ from fla.layers.utils import get_layer_cache, update_layer_cache
 from fla.models.rwkv6.modeling_rwkv6 import RWKV6FeedForward
 from fla.models.rwkv7.modeling_rwkv7 import RWKV7FeedForward
 from fla.models.utils import Cache
-from fla.modules import FusedRMSNormGated, GatedMLP, GroupNorm, LayerNorm, RMSNorm
+from fla.modules import FusedCrossEntropyLoss, FusedRMSNormGated, GatedMLP, GroupNorm, LayerNorm, RMSNorm
 from fla.modules.activations import ACT2FN
 
 from .base import SegmentStates, StatefulMixerMixin
@@ -71,7 +71,7 @@ def gate_activation(fn, gate: torch.Tensor) -> torch.Tensor:
     if kernels_allowed(gate):
         return fn(gate)
     for name, torch_fn in _GATES.items():
-        if fn is ACT2FN.get(name):
+        if fn == ACT2FN.get(name):  # `==`: fla's activations are bound methods, new objects after a deep copy
             return torch_fn(gate)
     raise NotImplementedError(f"hf_longssm's torch path has no {fn} output gate (swish, sigmoid).")
 
@@ -117,6 +117,28 @@ class TorchPathGatedMLP(GatedMLP):
             raise NotImplementedError(f"hf_longssm's torch path has fla's swish MLP only, not {self.hidden_act!r}.")
         gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj((F.silu(gate.float()) * up.float()).to(gate.dtype))
+
+
+class CrossEntropy:
+    """fla's `criterion` for a model's own loss (`model(input_ids, labels=...)`): fla's fused cross-entropy where its
+    kernels run (it is Triton-only), torch's elsewhere. A plain object, not a module: nothing enters the state dict."""
+
+    def __init__(self, ignore_index: int = -100, reduction: str = "mean"):
+        self.ignore_index, self.reduction = ignore_index, reduction
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if kernels_allowed(logits):
+            fused = FusedCrossEntropyLoss(inplace_backward=True, reduction=self.reduction)
+            return fused(logits, target)
+        return F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction=self.reduction)
+
+
+def use_dispatching_criterion(model: torch.nn.Module) -> None:
+    """Give an fla `*ForCausalLM` the criterion above when it would pick fla's fused cross-entropy itself."""
+    config = getattr(model, "config", None)
+    if getattr(model, "criterion", "absent") is None and getattr(config, "fuse_cross_entropy", False):
+        if not getattr(config, "fuse_linear_cross_entropy", False):
+            model.criterion = CrossEntropy()
 
 
 # ----- GLA -----------------------------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ def gla_state_shapes(config: PretrainedConfig) -> StateShapes:
             "checkpoints have none)."
         )
     heads = config.num_heads
-    key_dim, value_dim = int(config.hidden_size * config.expand_k), int(config.hidden_size * config.expand_v)
+    # fla's layer rounds (`round(hidden_size * expand_k)`)
+    key_dim, value_dim = round(config.hidden_size * config.expand_k), round(config.hidden_size * config.expand_v)
     return ((heads, value_dim // heads, key_dim // heads),)
 
 
@@ -54,6 +55,14 @@ def _mixers() -> dict[type, type]:
     from . import fla_layers  # imports fla (and Triton): only for a GLA model
 
     return fla_layers.GLA_CLASSES
+
+
+def prepare_fla_model(model) -> None:
+    """fla's models compute their own loss with a Triton-only fused cross-entropy: give them one that runs on the
+    torch path too (`model(input_ids, labels=...)` on a CPU)."""
+    from . import fla_layers
+
+    fla_layers.use_dispatching_criterion(model)
 
 
 def _cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int):
@@ -72,5 +81,6 @@ ARCHITECTURE = Architecture(
     to_cache=_cache,
     generate_from_cache=False,  # fla's generate needs its own cache bookkeeping: decode through the state
     register_model_code=import_fla,
+    prepare=prepare_fla_model,
     model_computes_loss=False,
 )

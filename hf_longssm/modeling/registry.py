@@ -163,13 +163,19 @@ def prepare_model(model: torch.nn.Module) -> PreTrainedModel:
     loaded with `device_map=`) gets the stateful forward behind its hook too.
     """
     base = unwrap_model(model)
-    mixers = {**_STATEFUL_MIXERS, **stateful_mixer_classes(get_architecture(base))}
+    architecture = get_architecture(base)
+    # A config hf_longssm cannot carry is refused here, before any call (fla's GLA with short convs: its plain call
+    # on the torch path would otherwise run without them)
+    architecture.state_shapes(base.config)
+    mixers = {**_STATEFUL_MIXERS, **stateful_mixer_classes(architecture)}
     for module in base.modules():
         stateful = mixers.get(type(module))
         if stateful is not None:
             original = type(module)
             module.__class__ = stateful
             _rebind_accelerate_hook(module, original)
+    if architecture.prepare is not None:
+        architecture.prepare(base)
     return base
 
 
@@ -224,6 +230,13 @@ def _cache_argument(model_class: type) -> str:
     )
 
 
+def reentrant_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether the model's checkpointed layers use reentrant activation checkpointing (`use_reentrant=True`)."""
+    layers = [m for m in unwrap_model(model).modules() if isinstance(m, GradientCheckpointingLayer)]
+    return any(getattr(getattr(layer, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")
+               for layer in layers)  # fmt: skip
+
+
 @contextlib.contextmanager
 def cache_kept_under_checkpointing(model: torch.nn.Module) -> Iterator[None]:
     """Let the model's checkpointed layers keep their cache argument for the calls inside the block.
@@ -237,8 +250,7 @@ def cache_kept_under_checkpointing(model: torch.nn.Module) -> Iterator[None]:
     layers = [m for m in unwrap_model(model).modules() if isinstance(m, GradientCheckpointingLayer)]
     ids = {id(layer) for layer in layers}
     nested = any(id(inner) in ids for layer in layers for inner in layer.modules() if inner is not layer)
-    reentrant = any(getattr(getattr(layer, "_gradient_checkpointing_func", None), "keywords", {}).get("use_reentrant")
-                    for layer in layers)  # fmt: skip
+    reentrant = reentrant_checkpointing(model)
     if nested and reentrant:
         # A checkpointed layer inside another (Zamba2's hybrid layers) is called again by the reentrant backward,
         # after this block has ended: transformers would drop its cache then, and the replay run from a zero state.

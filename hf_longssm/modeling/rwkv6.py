@@ -18,7 +18,7 @@ import torch
 from transformers import PretrainedConfig
 
 from .base import Architecture, StateShapes
-from .gla import import_fla
+from .gla import import_fla, prepare_fla_model
 from .rwkv7 import FLA_CACHE_ENTRIES, RWKV7_STATES
 
 
@@ -28,7 +28,8 @@ def rwkv6_state_shapes(config: PretrainedConfig) -> StateShapes:
             "RWKV-6 with attention layers (config.attn) is not supported by hf_longssm yet: use a config without them."
         )
     heads = config.num_heads
-    key_dim, value_dim = int(config.hidden_size * config.expand_k), int(config.hidden_size * config.expand_v)
+    # fla's layer rounds (`round(hidden_size * expand_k)`)
+    key_dim, value_dim = round(config.hidden_size * config.expand_k), round(config.hidden_size * config.expand_v)
     return (config.hidden_size,), (heads, key_dim // heads, value_dim // heads), (config.hidden_size,)
 
 
@@ -54,5 +55,6 @@ ARCHITECTURE = Architecture(
     to_cache=_cache,
     generate_from_cache=False,  # fla's generate needs its own cache bookkeeping: decode through the state
     register_model_code=import_fla,
+    prepare=prepare_fla_model,
     model_computes_loss=False,  # fla's loss shifts labels itself (and is Triton-only when fused)
 )

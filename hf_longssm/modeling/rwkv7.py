@@ -19,7 +19,7 @@ import torch
 from transformers import PretrainedConfig
 
 from .base import Architecture, StateKind, StateShapes
-from .gla import import_fla
+from .gla import import_fla, prepare_fla_model
 
 
 RWKV7_STATES = (
@@ -41,8 +41,12 @@ def rwkv7_state_shapes(config: PretrainedConfig) -> StateShapes:
             "RWKV-7 with attention layers (config.attn) is not supported by hf_longssm yet: use a config without them."
         )
     value_dims = config.value_dim if isinstance(config.value_dim, list) else [config.value_dim]
-    if len(set(value_dims)) != 1:
-        raise ValueError(f"RWKV-7 with per-layer value_dim {value_dims} is not supported by hf_longssm yet.")
+    if set(value_dims) != {config.hidden_size}:
+        # fla's kernels (gate_output_correction) assume head_v_dim == head_dim, and fla cannot initialise it either
+        raise ValueError(
+            f"RWKV-7 with value_dim {value_dims} (not hidden_size={config.hidden_size}) is not supported by "
+            "hf_longssm (nor computed consistently by fla's kernels): use value_dim = hidden_size, as released."
+        )
     heads = config.num_heads
     return (config.hidden_size,), (heads, config.hidden_size // heads, value_dims[0] // heads), (config.hidden_size,)
 
@@ -69,5 +73,6 @@ ARCHITECTURE = Architecture(
     to_cache=_cache,
     generate_from_cache=False,  # fla's generate needs its own cache bookkeeping: decode through the state
     register_model_code=import_fla,
+    prepare=prepare_fla_model,
     model_computes_loss=False,  # fla's loss shifts labels itself (and is Triton-only when fused)
 )

@@ -431,10 +431,49 @@ def test_every_state_init_trains(tmp_path, model_type, state_init):
         assert trainer.intervention.fitted_stats.num_layers == 2
 
 
-def test_unsupported_gla_configs_are_refused_with_what_to_do():
-    model = tiny_gla(use_short_conv=True)
-    with pytest.raises(ValueError, match="use_short_conv.*not supported by hf_longssm yet"):
-        hl.CarriedState.zeros(model, 1)
+@pytest.mark.parametrize(
+    ("model_type", "overrides", "match"),
+    [
+        ("gla", {"use_short_conv": True}, "use_short_conv.*not supported by hf_longssm yet"),
+        ("gla", {"feature_map": "relu"}, "feature_map.*not supported by hf_longssm yet"),
+        ("gated_deltanet", {"use_short_conv": False}, "without its short convs"),
+    ],
+)
+def test_unsupported_configs_are_refused_when_prepared_or_loaded(tmp_path, model_type, overrides, match):
+    """Refused before any call: on the torch path a plain call would otherwise run without the short convs."""
+    model = tiny_fla(model_type, **overrides)
+    with pytest.raises(ValueError, match=match):
+        hl.prepare_model(model)
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match=match):
+        hl.load_model(tmp_path / "m")
+
+
+def test_a_deep_copy_runs_the_torch_path_and_the_model_computes_its_own_loss_on_cpu():
+    """A prepared model deep-copied (a reference or EMA model) keeps its torch path (fla's activations are bound
+    methods, new objects in the copy); `model(ids, labels=ids)` takes torch's cross-entropy where fla's fused one
+    (Triton-only) cannot run."""
+    import copy
+
+    ids = torch.randint(1, 64, (2, 20))
+    for model in (hl.prepare_model(tiny_rwkv6()), hl.prepare_model(tiny_gla(fuse_norm=False))):
+        twin = copy.deepcopy(model).eval()
+        with torch_path(), torch.no_grad():
+            out = twin(ids, labels=ids)
+            reference = model.eval()(ids).logits
+        torch.testing.assert_close(out.logits, reference, rtol=1e-5, atol=1e-6)
+        expected = torch.nn.functional.cross_entropy(reference[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_state_shapes_round_widths_as_fla_does():
+    model = tiny_gla(hidden_size=200, num_heads=2, expand_k=0.58, intermediate_size=64)  # key_dim round(115.99)
+    ids = torch.randint(1, 64, (1, 12))
+    with torch_path(), torch.no_grad():
+        logits, state = run_segments(model, ids, [5, 7])
+        reference = model(ids).logits
+    assert state.states["recurrent_states"][0].shape[-1] == 58
+    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

@@ -24,12 +24,16 @@ def test_unsupported_model_names_supported_types():
 
 
 def test_registry_collects_each_family_once_by_model_type():
-    assert sorted(SUPPORTED_ARCHITECTURES) == sorted(MODEL_TYPES + HYBRID_TYPES + ["xlstm"])
-    names = {get_architecture(t).display_name for t in MODEL_TYPES + HYBRID_TYPES + ["xlstm"]}
+    fla = ["gla", "rwkv6", "rwkv7", "gated_deltanet"]  # flash-linear-attention's families (their code is fla's)
+    assert sorted(SUPPORTED_ARCHITECTURES) == sorted(MODEL_TYPES + HYBRID_TYPES + ["xlstm"] + fla)
+    names = {get_architecture(t).display_name for t in MODEL_TYPES + HYBRID_TYPES + ["xlstm"] + fla}
     hybrids = {"Granite 4.0-H", "Bamba", "Nemotron-H", "Zamba2", "Falcon-H1", "Jamba"}
     gated_deltanet = {"Qwen3-Next", "Qwen3.5", "Qwen3.5-MoE", "OLMo-Hybrid"}
-    assert names == {"Mamba", "FalconMamba", "Mamba-2", "LFM2", "xLSTM"} | hybrids | gated_deltanet
-    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 15
+    fla_names = {"GLA", "RWKV-6", "RWKV-7", "Gated DeltaNet (fla)"}
+    assert names == {"Mamba", "FalconMamba", "Mamba-2", "LFM2", "xLSTM"} | hybrids | gated_deltanet | fla_names
+    assert len({id(a) for a in FAMILIES}) == len(FAMILIES) == 19
+    # Their model code is imported only when such a model is loaded or prepared (fla imports Triton).
+    assert all(callable(get_architecture(t).stateful_mixers) and get_architecture(t).register_model_code for t in fla)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
