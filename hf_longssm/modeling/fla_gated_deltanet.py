@@ -13,11 +13,10 @@ The model code is fla's (`pip install "hf-longssm[fla]"`); hf_longssm's layer cl
 
 from __future__ import annotations
 
-import torch
 from transformers import PretrainedConfig
 
 from .base import Architecture, StateKind, StateShapes
-from .gla import import_fla, prepare_fla_model
+from .gla import fla_mixers, fla_to_cache, import_fla, prepare_fla_model
 
 
 FLA_GATED_DELTANET_STATES = (
@@ -60,26 +59,14 @@ def fla_gated_deltanet_state_shapes(config: PretrainedConfig) -> StateShapes:
     )
 
 
-def _mixers() -> dict[type, type]:
-    from . import fla_layers  # imports fla (and Triton): only for such a model
-
-    return fla_layers.GATED_DELTANET_CLASSES
-
-
-def _cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int):
-    from . import fla_layers
-
-    return fla_layers.fla_cache(states, position, FLA_CACHE_ENTRIES)
-
-
 ARCHITECTURE = Architecture(
     model_types=("gated_deltanet",),
     display_name="Gated DeltaNet (fla)",
     lora_target_modules=("q_proj", "k_proj", "v_proj", "g_proj", "o_proj"),
     state_shapes=fla_gated_deltanet_state_shapes,
-    stateful_mixers=_mixers,
+    stateful_mixers=fla_mixers("GATED_DELTANET_CLASSES"),
     state_kinds=FLA_GATED_DELTANET_STATES,
-    to_cache=_cache,
+    to_cache=fla_to_cache(FLA_CACHE_ENTRIES),
     generate_from_cache=False,  # fla's generate needs its own cache bookkeeping: decode through the state
     register_model_code=import_fla,
     prepare=prepare_fla_model,

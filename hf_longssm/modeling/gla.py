@@ -10,6 +10,8 @@ segment forward `gla_forward_with_state`): fla's `chunk_gla` kernel on CUDA, the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import PretrainedConfig
 
@@ -51,24 +53,34 @@ def gla_state_shapes(config: PretrainedConfig) -> StateShapes:
     return ((heads, value_dim // heads, key_dim // heads),)
 
 
-def _mixers() -> dict[type, type]:
-    from . import fla_layers  # imports fla (and Triton): only for a GLA model
-
-    return fla_layers.GLA_CLASSES
-
-
 def prepare_fla_model(model) -> None:
     """fla's models compute their own loss with a Triton-only fused cross-entropy: give them one that runs on the
     torch path too (`model(input_ids, labels=...)` on a CPU)."""
-    from . import fla_layers
+    from . import fla_layers  # imports fla (and Triton): only for an fla model
 
     fla_layers.use_dispatching_criterion(model)
 
 
-def _cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int):
-    from . import fla_layers
+def fla_mixers(name: str) -> Callable[[], dict[type, type]]:
+    """An fla family's `stateful_mixers`: the mapping `fla_layers.<name>`, imported when a model is prepared."""
 
-    return fla_layers.fla_cache(states, position, {"recurrent_state": "recurrent_states"})
+    def mixers() -> dict[type, type]:
+        from . import fla_layers
+
+        return getattr(fla_layers, name)
+
+    return mixers
+
+
+def fla_to_cache(entries: dict[str, str | tuple[str, ...]]) -> Callable:
+    """An fla family's `to_cache`: fla's own cache with the state kind (or kinds) each entry holds."""
+
+    def to_cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int):
+        from . import fla_layers
+
+        return fla_layers.fla_cache(states, position, entries)
+
+    return to_cache
 
 
 ARCHITECTURE = Architecture(
@@ -76,9 +88,9 @@ ARCHITECTURE = Architecture(
     display_name="GLA",
     lora_target_modules=("q_proj", "k_proj", "v_proj", "g_proj", "o_proj"),
     state_shapes=gla_state_shapes,
-    stateful_mixers=_mixers,
+    stateful_mixers=fla_mixers("GLA_CLASSES"),
     state_kinds=GLA_STATES,
-    to_cache=_cache,
+    to_cache=fla_to_cache({"recurrent_state": "recurrent_states"}),
     generate_from_cache=False,  # fla's generate needs its own cache bookkeeping: decode through the state
     register_model_code=import_fla,
     prepare=prepare_fla_model,

@@ -14,11 +14,10 @@ The model code is fla's (`pip install "hf-longssm[fla]"`); hf_longssm's layer cl
 
 from __future__ import annotations
 
-import torch
 from transformers import PretrainedConfig
 
 from .base import Architecture, StateShapes
-from .gla import import_fla, prepare_fla_model
+from .gla import fla_mixers, fla_to_cache, import_fla, prepare_fla_model
 from .rwkv7 import FLA_CACHE_ENTRIES, RWKV7_STATES
 
 
@@ -33,26 +32,14 @@ def rwkv6_state_shapes(config: PretrainedConfig) -> StateShapes:
     return (config.hidden_size,), (heads, key_dim // heads, value_dim // heads), (config.hidden_size,)
 
 
-def _mixers() -> dict[type, type]:
-    from . import fla_layers  # imports fla (and Triton): only for an RWKV-6 model
-
-    return fla_layers.RWKV6_CLASSES
-
-
-def _cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int):
-    from . import fla_layers
-
-    return fla_layers.fla_cache(states, position, FLA_CACHE_ENTRIES)
-
-
 ARCHITECTURE = Architecture(
     model_types=("rwkv6",),
     display_name="RWKV-6",
     lora_target_modules=("r_proj.linear", "k_proj.linear", "v_proj.linear", "g_proj.linear", "o_proj"),
     state_shapes=rwkv6_state_shapes,
-    stateful_mixers=_mixers,
+    stateful_mixers=fla_mixers("RWKV6_CLASSES"),
     state_kinds=RWKV7_STATES,
-    to_cache=_cache,
+    to_cache=fla_to_cache(FLA_CACHE_ENTRIES),
     generate_from_cache=False,  # fla's generate needs its own cache bookkeeping: decode through the state
     register_model_code=import_fla,
     prepare=prepare_fla_model,

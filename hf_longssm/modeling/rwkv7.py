@@ -15,11 +15,10 @@ nothing to carry.
 
 from __future__ import annotations
 
-import torch
 from transformers import PretrainedConfig
 
 from .base import Architecture, StateKind, StateShapes
-from .gla import import_fla, prepare_fla_model
+from .gla import fla_mixers, fla_to_cache, import_fla, prepare_fla_model
 
 
 RWKV7_STATES = (
@@ -51,26 +50,14 @@ def rwkv7_state_shapes(config: PretrainedConfig) -> StateShapes:
     return (config.hidden_size,), (heads, config.hidden_size // heads, value_dims[0] // heads), (config.hidden_size,)
 
 
-def _mixers() -> dict[type, type]:
-    from . import fla_layers  # imports fla (and Triton): only for an RWKV-7 model
-
-    return fla_layers.RWKV7_CLASSES
-
-
-def _cache(config: PretrainedConfig, states: dict[str, list[torch.Tensor]], position: int):
-    from . import fla_layers
-
-    return fla_layers.fla_cache(states, position, FLA_CACHE_ENTRIES)
-
-
 ARCHITECTURE = Architecture(
     model_types=("rwkv7",),
     display_name="RWKV-7",
     lora_target_modules=("r_proj", "k_proj", "v_proj", "o_proj", "key", "value"),
     state_shapes=rwkv7_state_shapes,
-    stateful_mixers=_mixers,
+    stateful_mixers=fla_mixers("RWKV7_CLASSES"),
     state_kinds=RWKV7_STATES,
-    to_cache=_cache,
+    to_cache=fla_to_cache(FLA_CACHE_ENTRIES),
     generate_from_cache=False,  # fla's generate needs its own cache bookkeeping: decode through the state
     register_model_code=import_fla,
     prepare=prepare_fla_model,

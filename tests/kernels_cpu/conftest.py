@@ -146,6 +146,15 @@ def _needs_kernels_cpu(request):
         pytest.skip("kernel path on CPU: run `python -m pytest -m kernels_cpu tests/kernels_cpu` (.ci/run)")
 
 
+# fla's forward / backward entry points counted by `kernel_calls`, per module that calls them by name
+FLA_COUNTED = {
+    "fla.ops.gated_delta_rule.chunk": ("chunk_gated_delta_rule_fwd", "chunk_gated_delta_rule_bwd"),  # Gated DeltaNet
+    "fla.ops.gla.chunk": ("chunk_gla_fwd", "chunk_gla_bwd"),  # GLA
+    "fla.ops.generalized_delta_rule.dplr.chunk": ("chunk_dplr_fwd", "chunk_dplr_bwd_dhu"),  # RWKV-7
+    "fla.ops.rwkv6.chunk": ("chunk_rwkv6_fwd", "chunk_rwkv6_bwd"),  # RWKV-6
+}
+
+
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Counts of the kernel calls made during the test: the stand-ins' forward / backward and mamba-ssm's Triton
@@ -166,27 +175,12 @@ def kernel_calls(monkeypatch):
     for key, name in (("chunk_scan_fwd", "_mamba_chunk_scan_combined_fwd"),
                       ("chunk_scan_bwd", "_mamba_chunk_scan_combined_bwd")):  # fmt: skip
         monkeypatch.setattr(ssd_combined, name, counting(key, getattr(ssd_combined, name)))
-    if importlib.util.find_spec("fla") is not None:  # fla's Gated DeltaNet (the [fla] extra)
-        from fla.ops.gated_delta_rule import chunk as gated_delta_chunk
-
-        triton_calls.update(chunk_gated_delta_rule_fwd=0, chunk_gated_delta_rule_bwd=0)
-        for name in ("chunk_gated_delta_rule_fwd", "chunk_gated_delta_rule_bwd"):
-            monkeypatch.setattr(gated_delta_chunk, name, counting(name, getattr(gated_delta_chunk, name)))
-        from fla.ops.gla import chunk as gla_chunk  # GLA
-
-        triton_calls.update(chunk_gla_fwd=0, chunk_gla_bwd=0)
-        for name in ("chunk_gla_fwd", "chunk_gla_bwd"):
-            monkeypatch.setattr(gla_chunk, name, counting(name, getattr(gla_chunk, name)))
-        from fla.ops.generalized_delta_rule.dplr import chunk as dplr_chunk  # RWKV-7
-
-        triton_calls.update(chunk_dplr_fwd=0, chunk_dplr_bwd_dhu=0)
-        for name in ("chunk_dplr_fwd", "chunk_dplr_bwd_dhu"):
-            monkeypatch.setattr(dplr_chunk, name, counting(name, getattr(dplr_chunk, name)))
-        from fla.ops.rwkv6 import chunk as rwkv6_chunk  # RWKV-6
-
-        triton_calls.update(chunk_rwkv6_fwd=0, chunk_rwkv6_bwd=0)
-        for name in ("chunk_rwkv6_fwd", "chunk_rwkv6_bwd"):
-            monkeypatch.setattr(rwkv6_chunk, name, counting(name, getattr(rwkv6_chunk, name)))
+    if importlib.util.find_spec("fla") is not None:  # fla's kernels (the [fla] extra), by the module calling them
+        for module, names in FLA_COUNTED.items():
+            chunk = importlib.import_module(module)
+            for name in names:
+                triton_calls[name] = 0
+                monkeypatch.setattr(chunk, name, counting(name, getattr(chunk, name)))
     selective_scan_cuda.CALLS.clear()
     causal_conv1d_cuda.CALLS.clear()
 
