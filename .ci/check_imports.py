@@ -59,6 +59,7 @@ LAYERS = {
     "hf_longssm.forward": 2,
     "hf_longssm.tokenization": 3,
     "hf_longssm.corpus": 3,
+    "hf_longssm.synthetic": 3,
     "hf_longssm.versions": 3,
     "hf_longssm.files": 3,
     "hf_longssm.extension": 3,

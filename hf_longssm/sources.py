@@ -5,6 +5,7 @@ A source turns a split name into documents: rows with a `text` (or `input_ids`) 
 | name given | source |
 |---|---|
 | `hf_longssm/offline-shakespeare` | `OfflineCorpus`: 34 Shakespeare plays (`train`) and 4 held out (`held_out`) |
+| `hf_longssm/copying` | `CopyingTask`: the synthetic copying task, byte-level, `config` = the segment length |
 | `data_files` all ending in `.txt` | `TextFiles`: one document per file |
 | other `data_files` (`.json`, `.jsonl`) | `JsonFiles`: one document per row |
 | any other name | `HubDataset`: `datasets.load_dataset(name, config, split=..., streaming=...)` |
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .corpus import load_offline_books
+from .synthetic import copying_documents
+from .tokenization import byte_tokenizer
 
 
 class DataSource(ABC):
@@ -50,6 +53,31 @@ class OfflineCorpus(DataSource):
         if split not in splits:
             raise ValueError(f"{self.name} has the splits {sorted(splits)}; got split={split!r}.")
         return splits[split]
+
+
+@dataclass(frozen=True)
+class CopyingTask(DataSource):
+    """The synthetic copying task (`hf_longssm.synthetic`), generated here: rows `{"input_ids", "labels"}` in the
+    byte tokenizer's ids (train with `tokenizer_name_or_path: byte`), one segment of `config` tokens each (the
+    training segment length as a string, e.g. `"64"`). Splits: `train` (`TRAIN_DOCUMENTS`, seed 0) and `held_out`
+    (1,024, seed 1)."""
+
+    name: str
+    eval_split: ClassVar[str] = "held_out"
+    SPLITS: ClassVar[dict[str, tuple[int, int]]] = {"train": (65536, 0), "held_out": (1024, 1)}  # (documents, seed)
+
+    def load(self, split: str = "train", config: str | None = None, streaming: bool = False) -> Any:
+        from datasets import Dataset
+
+        if config is None or not str(config).isdigit():
+            raise ValueError(
+                f"{self.name} needs dataset_config: the training segment length its documents fill, e.g. "
+                f'dataset_config: "64" with segment_length: 64; got {config!r}.'
+            )
+        if split not in self.SPLITS:
+            raise ValueError(f"{self.name} has the splits {sorted(self.SPLITS)}; got split={split!r}.")
+        num_documents, seed = self.SPLITS[split]
+        return Dataset.from_list(copying_documents(byte_tokenizer(), int(config), num_documents, seed))
 
 
 @dataclass(frozen=True)
@@ -101,8 +129,10 @@ class HubDataset(DataSource):
 
 
 OFFLINE_SHAKESPEARE = "hf_longssm/offline-shakespeare"
-OFFLINE_CORPORA: dict[str, OfflineCorpus] = {
+COPYING = "hf_longssm/copying"
+OFFLINE_CORPORA: dict[str, DataSource] = {
     OFFLINE_SHAKESPEARE: OfflineCorpus(OFFLINE_SHAKESPEARE, load_offline_books),
+    COPYING: CopyingTask(COPYING),
 }
 FILE_FORMATS: dict[str, type[DataSource]] = {"text": TextFiles, "json": JsonFiles}
 

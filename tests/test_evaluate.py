@@ -18,9 +18,12 @@ hub_cache, hub_cache_files = fixtures.hub_cache, fixtures.hub_cache_files
 
 
 def test_evaluate_runs_every_task_on_a_hub_id_from_the_offline_cache(hub_cache, tmp_path):
-    options = dict(length=300, num_sequences=2, segment_length=128, lengths=[200], depths=[0.5], num_trials=1, T=64)
-    results = hl.evaluate(fixtures.MAMBA1_HF_ID, tasks=["position_ppl", "passkey", "effrem", "state_norms"], **options)
-    assert set(results) == {"position_ppl", "passkey", "effrem", "state_norms"}
+    options = dict(length=300, num_sequences=2, segment_length=128, lengths=[400], depths=[0.5], num_trials=1, T=64)
+    tasks = ["position_ppl", "passkey", "effrem", "state_norms", "babilong_qa1", "copying"]
+    results = hl.evaluate(fixtures.MAMBA1_HF_ID, tasks=tasks, **options)
+    assert set(results) == set(tasks)
+    assert [c["length"] for c in results["babilong_qa1"]["cells"]] == [400]
+    assert [(c["length"], c["copy_tokens"]) for c in results["copying"]["cells"]] == [(400, 199)]
     assert len(results["position_ppl"]["nll"]) == 299 and results["position_ppl"]["buckets"][0]["start"] == 0
     assert len(results["passkey"]["cells"]) == 1
     # The numbers are the evaluation functions' own on the same text.

@@ -4,7 +4,8 @@
 
 Tasks: `position_ppl` (perplexity by position), `passkey`, `effrem` (effective remembrance), `state_norms`,
 `babilong_qa1` ... `babilong_qa5` (BABILong's offline twin, `evaluation/babilong.py`: accuracy per --lengths, with
---num_trials stories per length).
+--num_trials stories per length), `copying` (synthetic copying, `evaluation/copying.py`: per-token and exact-match
+copy accuracy per --lengths, --num_trials examples each; needs single-character tokens, e.g. the byte tokenizer).
 Writes `<output_dir>/<task>.json` (with the command, versions and model ids; an existing file is never
 overwritten: a numbered name is used) and PNG plots; several models go into one comparison figure and table.
 """
@@ -36,9 +37,9 @@ from .results import free_path, write_json
 
 
 BABILONG_TASKS = tuple(f"babilong_{task}" for task in ("qa1", "qa2", "qa3", "qa4", "qa5"))
-TASKS = ("position_ppl", "passkey", "effrem", "state_norms", *BABILONG_TASKS)
+TASKS = ("position_ppl", "passkey", "effrem", "state_norms", *BABILONG_TASKS, "copying")
 # Tasks that build their own prompts (of --lengths) rather than read --data.
-PROMPT_TASKS = ("passkey", *BABILONG_TASKS)
+PROMPT_TASKS = ("passkey", *BABILONG_TASKS, "copying")
 # Recorded in every results file: what the numbers depend on.
 RESULT_PACKAGES = ("python", "hf-longssm", "torch", "transformers")
 
@@ -101,10 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         nargs="+",
         default=[1024, 2048, 4096],
-        help="passkey, babilong prompt lengths",
+        help="passkey, babilong prompt lengths; copying sequence lengths",
     )
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    p.add_argument("--num_trials", type=positive_int, default=3, help="passkey: keys per cell; babilong: stories")
+    p.add_argument(
+        "--num_trials",
+        type=positive_int,
+        default=3,
+        help="passkey: keys per cell; babilong: stories; copying: examples per length",
+    )
     p.add_argument("--T", type=positive_int, default=None, help="effrem: context length (default --length)")
     p.add_argument("--ts", type=non_negative_int, nargs="+", default=None, help="effrem: start offsets t")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -214,6 +220,12 @@ def run_task(
         task = args.task.removeprefix("babilong_")
         cells = evaluation.babilong_accuracy(
             model, tokenizer, task, args.lengths, num_samples=args.num_trials, segment_length=args.segment_length,
+            **attention_policy(args),
+        )  # fmt: skip
+        return {"cells": cells}
+    if args.task == "copying":
+        cells = evaluation.copying_accuracy(
+            model, tokenizer, args.lengths, num_trials=args.num_trials, segment_length=args.segment_length,
             **attention_policy(args),
         )  # fmt: skip
         return {"cells": cells}

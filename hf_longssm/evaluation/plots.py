@@ -30,7 +30,8 @@ def plot_eval(task: str, results: dict[str, dict], path: Path, train_context: in
     """The figure of one `hf-longssm eval` task, every model of `results` in it (a heatmap per model for passkey).
 
     Args:
-        task (`str`): `position_ppl`, `passkey`, `effrem`, `state_norms` or `babilong_qa1` ... `babilong_qa5`.
+        task (`str`): `position_ppl`, `passkey`, `effrem`, `state_norms`, `babilong_qa1` ... `babilong_qa5` or
+            `copying`.
         results (`dict[str, dict]`): per model id, what `cli.eval.run_task` returned.
         train_context (`int`, *optional*): the models' training context, marked on position axes.
     """
@@ -47,6 +48,26 @@ def plot_eval(task: str, results: dict[str, dict], path: Path, train_context: in
         ax.set_title(task)
         ax.grid(alpha=0.3)
         ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
+    if task == "copying":
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, (name, res) in enumerate(results.items()):
+            cells, color, label = res["cells"], f"C{i}", "/".join(Path(name).parts[-2:])
+            lengths = [c["length"] for c in cells]
+            ax.plot(lengths, [c["token_accuracy"] for c in cells], marker="o", color=color, label=label)
+            ax.plot(lengths, [c["exact_match"] for c in cells], marker="x", linestyle=":", color=color)
+        if train_context:
+            ax.axvline(train_context, color="gray", linestyle="--", label=f"training length ({train_context} tokens)")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("sequence length (tokens; the copy is half of it)")
+        ax.set_ylabel("copy accuracy (solid: per token; dotted: whole copy)")
+        ax.set_title("Synthetic copying past the training length")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)

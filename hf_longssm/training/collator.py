@@ -17,7 +17,8 @@ class DataCollatorForStatePassing:
     different lengths are an error, not padded.
 
     Returns:
-        `dict` with `input_ids`; `labels`, equal to `input_ids` as transformers expects (the model shifts them);
+        `dict` with `input_ids`; `labels`, equal to `input_ids` as transformers expects (the model shifts them), -100
+        where the shifted targets are (a loss mask, e.g. the copying task's);
         `shift_labels`, the already shifted targets (transformers' name; the trainer scores these, so the token
         after the segment is predicted too); `reset_mask` (bool) and `segment_index`.
     """
@@ -33,9 +34,13 @@ class DataCollatorForStatePassing:
         labels = torch.stack([torch.as_tensor(f["labels"], dtype=torch.long) for f in features])
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ in shape.")
+        unshifted = input_ids
+        if (labels == -100).any():  # a loss mask: the unshifted labels (which count the targets) carry it too
+            unshifted = input_ids.clone()
+            unshifted[:, 1:][labels[:, :-1] == -100] = -100
         return {
             "input_ids": input_ids,
-            "labels": input_ids,
+            "labels": unshifted,
             "shift_labels": labels,
             "reset_mask": torch.tensor([bool(f.get("reset_mask", False)) for f in features]),
             "segment_index": torch.tensor([int(f.get("segment_index", -1)) for f in features]),

@@ -124,7 +124,8 @@ class StatePassingConfig(TrainingArguments):
             and `output_dir/eval/history.json`; the last evaluation's table goes into the model card.
         eval_tasks (`list[str]`, *optional*, defaults to `[]`):
             Long-context tasks run at every evaluation beside the perplexity: `passkey` (depths 0.1, 0.5, 0.9),
-            `babilong_qa1` ... `babilong_qa5` (hf_longssm's offline BABILong twin). Each logs
+            `babilong_qa1` ... `babilong_qa5` (hf_longssm's offline BABILong twin), `copying` (per-token copy
+            accuracy of the synthetic copying task; the tokenizer needs single-character tokens). Each logs
             `<prefix>_<task>_acc_<length>` and `<prefix>_<task>_acc` (the mean), and the last evaluation's
             accuracies go into the model card as a table per task.
         eval_task_lengths (`list[int]`, *optional*, defaults to `[segment_length, 4 * segment_length,

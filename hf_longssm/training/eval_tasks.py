@@ -1,5 +1,5 @@
-"""Long-context tasks run while post-training (`StatePassingConfig.eval_tasks`): passkey retrieval and the offline
-BABILong twin, at the same seeded prompts at every evaluation, as `hf-longssm eval` runs them."""
+"""Long-context tasks run while post-training (`StatePassingConfig.eval_tasks`): passkey retrieval, the offline
+BABILong twin and synthetic copying, at the same seeded prompts at every evaluation, as `hf-longssm eval` runs them."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from collections.abc import Sequence
 import torch
 
 from ..evaluation.babilong import GENERATORS, babilong_accuracy
+from ..evaluation.copying import copying_accuracy
 from ..evaluation.passkey import passkey_retrieval
 
 
 # The depths passkey hides its key at while training (early, middle, late in the prompt).
 PASSKEY_DEPTHS = (0.1, 0.5, 0.9)
-EVAL_TASKS = ("passkey", *(f"babilong_{task}" for task in sorted(GENERATORS)))
+EVAL_TASKS = ("passkey", *(f"babilong_{task}" for task in sorted(GENERATORS)), "copying")
 
 
 def run_eval_task(
@@ -28,7 +29,7 @@ def run_eval_task(
     attention_window: int | None = None,
 ) -> list[dict]:
     """Accuracy of `model` on `task` per prompt length: `[{"length", "accuracy", "trials"}]` (passkey: the mean over
-    `PASSKEY_DEPTHS`, `trials` counting every depth's)."""
+    `PASSKEY_DEPTHS`, `trials` counting every depth's; copying: the per-token copy accuracy)."""
     attention = {"attention_state": attention_state, "attention_window": attention_window}
     if task == "passkey":
         cells = passkey_retrieval(
@@ -43,6 +44,11 @@ def run_eval_task(
             }
             for length in lengths
         ]
+    if task == "copying":
+        rows = copying_accuracy(
+            model, tokenizer, list(lengths), num_trials=num_trials, segment_length=segment_length, **attention
+        )
+        return [{"length": r["length"], "accuracy": r["token_accuracy"], "trials": r["trials"]} for r in rows]
     if task not in EVAL_TASKS:
         raise ValueError(f"Unknown eval task {task!r}: one of {list(EVAL_TASKS)}.")
     rows = babilong_accuracy(

@@ -116,12 +116,12 @@ def test_metric_for_best_model_can_be_the_far_near_ratio(tmp_path):
 
 
 def test_eval_tasks_run_at_every_evaluation_and_their_tables_go_into_the_card(tmp_path):
-    """`eval_tasks`: passkey and the BABILong twin beside the perplexity, logged per prompt length at every
+    """`eval_tasks`: passkey, the BABILong twin and copying beside the perplexity, logged per prompt length at every
     evaluation (the same seeded prompts `run_eval_task` builds), the last evaluation's tables in the card."""
     from hf_longssm.tokenization import byte_tokenizer
     from hf_longssm.training.eval_tasks import run_eval_task
 
-    tasks, lengths = ["passkey", "babilong_qa1"], [256, 384]
+    tasks, lengths = ["passkey", "babilong_qa1", "copying"], [256, 384]
     model, tokenizer = tiny_model("mamba2", vocab_size=257), byte_tokenizer()
     args = config(
         tmp_path, eval_strategy="steps", eval_steps=3, eval_tasks=tasks, eval_task_lengths=lengths, eval_task_trials=1,
