@@ -1,7 +1,8 @@
 """One call to evaluate a model far past its training context: `hl.evaluate(model_or_hub_id, tasks=[...])`.
 
     >>> import hf_longssm as hl
-    >>> results = hl.evaluate("state-spaces/mamba-130m-hf", tasks=["position_ppl", "passkey"], length=16384)
+    >>> tasks = ["position_ppl", "passkey", "babilong_qa1", "copying"]
+    >>> results = hl.evaluate("state-spaces/mamba-130m-hf", tasks=tasks, length=16384, lengths=[4096, 16384])
     >>> results["position_ppl"]["buckets"]            # perplexity per log-spaced position bucket
     >>> hl.evaluate(model, tasks=["passkey"], lengths=[4096, 16384], output_dir="outputs/eval")  # + JSON, plots
 
@@ -40,7 +41,8 @@ def evaluate(
             or a model already loaded (`hl.load_model`, `from_pretrained`); a loaded model's tokenizer is found from
             its `config._name_or_path` unless `tokenizer=` is given.
         tasks (`Sequence[str]`): any of `position_ppl`, `passkey`, `effrem`, `state_norms`, `babilong_qa1` ...
-            `babilong_qa5` (BABILong's offline twin: accuracy per `lengths`, `num_trials` stories each).
+            `babilong_qa5` (BABILong's offline twin: accuracy per `lengths`, `num_trials` stories each), `copying`
+            (synthetic copying: per-token and exact-match copy accuracy per `lengths`, `num_trials` examples each).
         output_dir (`str`, *optional*): also write `<task>.json` (with the command and versions) and the plots
             there, as `hf-longssm eval` does; nothing is written without it.
         **options: `hf-longssm eval`'s options by name: `data` (files, a dataset id, or the offline corpus, the
