@@ -8,11 +8,17 @@ tokens). Writes lm-eval's own results JSON per model and length (`<output_dir>/<
 and one markdown table of every task x length x model (`<output_dir>/lm_eval.md`, also printed). The default tasks all
 build their data locally (no network): this project's passkey, fact retrieval and offline RULER essay needles, and
 RULER's needle, variable-tracking and word-frequency tasks. Needs `pip install "hf-longssm[lm-eval]"`.
+
+lm-eval's own BABILong tasks (`--tasks babilong_longctx`, `babilong`, `babilong_qa1` ...) run once per length of
+`--babilong_lengths` (the dataset's configs, 0k to 128k; `all`: every one the copy holds), reading the Hub dataset
+RMT-team/babilong-1k-samples from a local copy: `--babilong_path DIR`, else the Hub cache's (offline too). Their
+results land in `<output_dir>/<model>/babilong_<length>/`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shlex
 import sys
@@ -62,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt lengths in tokens, one lm-eval run each (the tasks' max_seq_lengths); RULER's own tasks report "
         "only 4096, 8192, ..., 131072",
     )
+    p.add_argument(
+        "--babilong_lengths",
+        nargs="+",
+        default=["0k"],  # lm-eval's own, when a task's metadata names no length
+        help="lengths of lm-eval's babilong tasks, one run each: the dataset's configs (0k 1k 2k 4k 8k 16k 32k 64k "
+        "128k), or 'all' (every one the copy holds); default: lm-eval's, 0k",
+    )
+    p.add_argument(
+        "--babilong_path",
+        default=None,
+        help="a local copy of the Hub dataset RMT-team/babilong-1k-samples (its README.md and parquet files) for "
+        "lm-eval's babilong tasks; default: the Hub cache's",
+    )
     p.add_argument("--segment_length", type=positive_int, default=4096, help="tokens per forward (sets memory)")
     p.add_argument("--limit", type=positive_int, default=None, help="prompts per task and length (default: all)")
     p.add_argument(
@@ -102,10 +121,16 @@ def primary_metric(task_results: dict[str, Any], length: int) -> tuple[str, floa
     return next(iter(numbers.items()), None)
 
 
-def results_table(rows: dict[tuple[str, int], dict[str, tuple[str, float]]], labels: list[str]) -> str:
+def _row_order(row: tuple[tuple[str, int | str], Any]) -> tuple[str, float]:
+    """Tasks by name, each by length: tokens, or a BABILong length (`16k`) by its nominal size."""
+    (task, length), _ = row
+    return task, length if isinstance(length, int) else harness.babilong_length_tokens(length)
+
+
+def results_table(rows: dict[tuple[str, int | str], dict[str, tuple[str, float]]], labels: list[str]) -> str:
     """Markdown: one row per (task, length), one column per model."""
     lines = ["| task | metric | length | " + " | ".join(labels) + " |", "|---|---|---:|" + "---:|" * len(labels)]
-    for (task, length), per_model in sorted(rows.items()):
+    for (task, length), per_model in sorted(rows.items(), key=_row_order):
         metric = next(iter(per_model.values()))[0]
         cells = [f"{per_model[label][1]:.3f}" if label in per_model else "-" for label in labels]
         lines.append(f"| {task} | {metric} | {length} | " + " | ".join(cells) + " |")
@@ -129,6 +154,10 @@ def main(argv: list[str] | None = None) -> Path:
             f'hf-longssm lm-eval needs lm-evaluation-harness ({_MISSING}): pip install "hf-longssm[lm-eval]".'
         )
     tasks = list(args.tasks or harness.OFFLINE_TASKS)
+    babilong_tasks = [task for task in tasks if task in harness.babilong_tasks()]
+    tasks = [task for task in tasks if task not in babilong_tasks]
+    # Before any model loads: the copy of lm-eval's BABILong dataset, its lengths, and what each can run.
+    babilong_folder, babilong_lengths = _babilong_runs(babilong_tasks, args)
     for task in tasks:
         if task in harness.RULER_DOWNLOAD_TASKS:
             print(f"note: {task} downloads {harness.RULER_DOWNLOAD_TASKS[task]}; it fails offline.", file=sys.stderr)
@@ -138,7 +167,7 @@ def main(argv: list[str] | None = None) -> Path:
     labels = [model_label(m) for m in args.model]
     if len(set(labels)) != len(labels):
         labels = [f"{i}_{label}" for i, label in enumerate(labels)]
-    rows: dict[tuple[str, int], dict[str, tuple[str, float]]] = {}
+    rows: dict[tuple[str, int | str], dict[str, tuple[str, float]]] = {}
     written, skipped = [], {}
     for model_id, label in zip(args.model, labels):
         lm = harness.LongSSMLM(
@@ -151,7 +180,8 @@ def main(argv: list[str] | None = None) -> Path:
         )
         model_args = {"pretrained": model_id, "tokenizer": args.tokenizer, "segment_length": args.segment_length}
         model_args |= {"dtype": args.dtype, "device": device, "batch_size": args.batch_size}
-        for length in args.max_length:
+        runs = []  # (length, tasks, task manager, folder, BABILong copy or None)
+        for length in args.max_length if tasks else []:
             problems = harness.ruler_problems(tasks, lm, length)
             if problems and args.tasks:
                 raise SystemExit(
@@ -162,26 +192,15 @@ def main(argv: list[str] | None = None) -> Path:
                 print(f"skipping {task} for {label} at {length} tokens: {why}", file=sys.stderr)
             run_tasks = [task for task in tasks if task not in problems]
             run_dir = out / label / f"length_{length}"
-            manager = _task_manager(lm, length, args, run_tasks, run_dir)
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                model_args=model_args,
-                tasks=run_tasks,
-                task_manager=manager,
-                limit=args.limit,
-                log_samples=args.log_samples,
-                random_seed=args.seed,
-                numpy_random_seed=args.seed,
-                torch_random_seed=args.seed,
-                fewshot_random_seed=args.seed,
-                evaluation_tracker=(tracker := EvaluationTracker(output_path=str(run_dir / "results.json"))),
-            )
-            samples = results.pop("samples", None) if args.log_samples else None
-            tracker.save_results_aggregated(results=results, samples=samples)
-            if samples:
-                for task_name in results["configs"]:
-                    tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
-            written.append(max(run_dir.glob("results_*.json"), key=lambda p: p.stat().st_mtime))
+            runs.append((length, run_tasks, _task_manager(lm, length, args, run_tasks, run_dir), run_dir, None))
+        for length in babilong_lengths:
+            manager = harness.babilong_task_manager(length, args.include_path)
+            runs.append((length, babilong_tasks, manager, out / label / f"babilong_{length}", babilong_folder))
+        for length, run_tasks, manager, run_dir, copy in runs:
+            # lm-eval reads the BABILong dataset while it loads the tasks, inside simple_evaluate
+            with harness.local_babilong(copy, [length]) if copy is not None else contextlib.nullcontext():
+                results, path = _evaluate(lm, model_args, run_tasks, manager, run_dir, args)
+            written.append(path)
             for task_name, task_results in results["results"].items():
                 metric = primary_metric(task_results, length)
                 if metric is not None:
@@ -197,11 +216,13 @@ def main(argv: list[str] | None = None) -> Path:
             "command": command,
             "versions": package_versions(RESULT_PACKAGES),
             "models": dict(zip(labels, args.model)),
-            "lengths": args.max_length,
+            "lengths": args.max_length if tasks else [],
+            "babilong_lengths": babilong_lengths,
+            "babilong_copy": None if babilong_folder is None else str(babilong_folder),
             "segment_length": args.segment_length,
             "table": [
                 {"task": task, "length": length, "model": label, "metric": metric, "value": value}
-                for (task, length), per_model in sorted(rows.items())
+                for (task, length), per_model in sorted(rows.items(), key=_row_order)
                 for label, (metric, value) in per_model.items()
             ],
             "lm_eval_results": [str(p) for p in written],
@@ -212,6 +233,50 @@ def main(argv: list[str] | None = None) -> Path:
     print(table)
     print(f"wrote {table_path} and lm-eval's results under {out}")
     return table_path
+
+
+def _evaluate(lm, model_args: dict[str, Any], tasks: list[str], manager, run_dir: Path, args: argparse.Namespace):
+    """One `lm_eval.simple_evaluate` run, its results JSON (and samples) written under `run_dir`."""
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        model_args=model_args,
+        tasks=tasks,
+        task_manager=manager,
+        limit=args.limit,
+        log_samples=args.log_samples,
+        random_seed=args.seed,
+        numpy_random_seed=args.seed,
+        torch_random_seed=args.seed,
+        fewshot_random_seed=args.seed,
+        evaluation_tracker=(tracker := EvaluationTracker(output_path=str(run_dir / "results.json"))),
+    )
+    samples = results.pop("samples", None) if args.log_samples else None
+    tracker.save_results_aggregated(results=results, samples=samples)
+    if samples:
+        for task_name in results["configs"]:
+            tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+    return results, max(run_dir.glob("results_*.json"), key=lambda p: p.stat().st_mtime)
+
+
+def _babilong_runs(tasks: list[str], args: argparse.Namespace) -> tuple[Path | None, list[str]]:
+    """The copy of lm-eval's BABILong dataset and the lengths to run; refuses, naming them, what cannot run."""
+    if not tasks:
+        return None, []
+    try:
+        folder = harness.babilong_copy(args.babilong_path)
+        asked = list(dict.fromkeys(args.babilong_lengths))
+        lengths = harness.babilong_lengths(folder) if "all" in asked else asked
+        harness.babilong_copy(folder, lengths)  # every length asked is in the copy
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
+    problems = [
+        f"{task} cannot run at {length}: {why}."
+        for length in lengths
+        for task, why in harness.babilong_problems(tasks, length, folder).items()
+    ]
+    if problems:
+        raise SystemExit("\n".join(problems))
+    return folder, lengths
 
 
 def _task_manager(lm, length: int, args: argparse.Namespace, tasks: list[str], run_dir: Path):

@@ -8,8 +8,9 @@ otherwise (tokenization, prefix token, request handling), so on inputs HFLM does
 numbers.
 
 Importing this module registers the model (`lm_eval --model hf_longssm` after `import hf_longssm.evaluation.harness`,
-or `lm_eval.simple_evaluate(model="hf_longssm", ...)`); with `harness_tasks.py` (the task suite, re-exported here) it
-is the only module of hf_longssm that imports lm-eval (`pip install "hf-longssm[lm-eval]"`).
+or `lm_eval.simple_evaluate(model="hf_longssm", ...)`); with `harness_tasks.py` (the task suite) and
+`harness_babilong.py` (lm-eval's own BABILong tasks from a local copy of their dataset), both re-exported here, it is
+the only module of hf_longssm that imports lm-eval (`pip install "hf-longssm[lm-eval]"`).
 
 Example:
     >>> import lm_eval
@@ -49,6 +50,17 @@ from ..forward import eval_mode, forward_with_state, iter_segments, prefill
 from ..loading import DTYPES, load_model, resolve_tokenizer
 from ..modeling import cache_argument, get_architecture, input_device, unwrap_model
 from ..state import CarriedState
+from .harness_babilong import (  # noqa: F401 (re-exported: `harness` is the entry point users import)
+    BABILONG_REPO,
+    babilong_configs,
+    babilong_copy,
+    babilong_length_tokens,
+    babilong_lengths,
+    babilong_problems,
+    babilong_task_manager,
+    babilong_tasks,
+    local_babilong,
+)
 from .harness_tasks import (  # noqa: F401 (re-exported: `harness` is the entry point users import)
     LONGSSM_TASKS,
     OFFLINE_TASKS,

@@ -13,10 +13,13 @@ pytest.importorskip("lm_eval")
 from hf_longssm.cli import lm_eval as lm_eval_cli  # noqa: E402
 from hf_longssm.cli import main  # noqa: E402
 from hf_longssm.tokenization import byte_tokenizer  # noqa: E402
+from tests import babilong_copy  # noqa: E402
+from tests.babilong_copy import write_babilong_copy  # noqa: E402
 from tests.utils import tiny_model  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[2]
+offline_hub = babilong_copy.offline_hub
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +87,46 @@ def test_the_package_and_other_commands_work_without_lm_eval():
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 1, run.stderr[-2000:]
     assert 'pip install "hf-longssm[lm-eval]"' in run.stderr
+
+
+def test_lm_evals_babilong_runs_from_a_local_copy_at_every_length_it_holds(tmp_path, offline_hub):
+    model = tmp_path / "tiny"  # one small layer: generation through transformers' torch path is the slow part
+    small = dict(num_hidden_layers=1, hidden_size=16, num_heads=2, head_dim=16)
+    tiny_model("mamba2", vocab_size=257, **small).save_pretrained(model)
+    byte_tokenizer().save_pretrained(model)
+    folder, out = tmp_path / "babilong-1k-samples", tmp_path / "out"
+    rows = {"0k": {"qa1": 2, "qa2": 1}, "1k": {"qa1": 1, "qa2": 2}}
+    write_babilong_copy(folder, rows, {"0k": 60, "1k": 1000}, declared=("2k",))  # 2k not downloaded
+    argv = ["lm-eval", "--model", str(model), "--tasks", "babilong_qa1", "babilong_qa2", "--babilong_lengths", "all"]
+    main(argv + ["--babilong_path", str(folder), "--segment_length", "512", "--output_dir", str(out)])
+
+    for length, counts in rows.items():
+        [path] = (out / "tiny" / f"babilong_{length}").glob("results_*.json")
+        results = json.loads(path.read_text())  # lm-eval's own format
+        for split, count in counts.items():
+            assert results["n-samples"][f"babilong_{split}"]["effective"] == count
+            assert 0.0 <= results["results"][f"babilong_{split}"]["acc,none"] <= 1.0
+    table = (out / "lm_eval.md").read_text().splitlines()
+    assert [line.split(" | ")[:3] for line in table[4:8]] == [
+        ["| babilong_qa1", "acc", "0k"],
+        ["| babilong_qa1", "acc", "1k"],
+        ["| babilong_qa2", "acc", "0k"],
+        ["| babilong_qa2", "acc", "1k"],
+    ]
+    summary = json.loads((out / "lm_eval.json").read_text())
+    assert summary["babilong_lengths"] == ["0k", "1k"] and summary["babilong_copy"] == str(folder)
+    assert summary["lengths"] == []  # no other task asked: no run at --max_length
+
+
+def test_lm_evals_babilong_refused_by_name_without_a_copy_or_at_a_length_it_lacks(model_dir, tmp_path, offline_hub):
+    out = tmp_path / "out"
+    argv = ["lm-eval", "--model", str(model_dir), "--output_dir", str(out), "--tasks"]
+    with pytest.raises(SystemExit, match="hf download --repo-type dataset RMT-team/babilong-1k-samples"):
+        main(argv + ["babilong_longctx", "--babilong_lengths", "16k"])
+    folder = tmp_path / "copy"
+    write_babilong_copy(folder, {"0k": {"qa1": 1}, "1k": {"qa1": 1}}, {"0k": 60, "1k": 1100})
+    with pytest.raises(SystemExit, match="babilong_qa11 cannot run at 1k: lm-eval reads it at 0k whatever"):
+        main(argv + ["babilong_qa1", "babilong_qa11", "--babilong_path", str(folder), "--babilong_lengths", "1k"])
+    with pytest.raises(SystemExit, match="babilong cannot run at 0k: its tasks babilong_qa2, babilong_qa3"):
+        main(argv + ["babilong", "--babilong_path", str(folder)])  # lm-eval's default length, 0k
+    assert not out.exists()
