@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # The GLA recipes need fla (which imports Triton): they run in the kernels job (tests/kernels_cpu/test_fla_families).
 FLA_FOLDERS = ("gla-tiny-bytes", "gla-1.3b")
 FLA_RECIPES = sorted(p for folder in FLA_FOLDERS for p in (ROOT / "recipes" / folder).glob("**/config_*.yaml"))
-RECIPES = sorted(set((ROOT / "recipes").glob("**/config_*.yaml")) - set(FLA_RECIPES))
+# The copying experiment's recipes train on their own synthetic data: tests/cli/test_copying_recipes.py.
+COPYING_RECIPES = sorted((ROOT / "recipes" / "copying-tiny-bytes").glob("**/config_*.yaml"))
+RECIPES = sorted(set((ROOT / "recipes").glob("**/config_*.yaml")) - set(FLA_RECIPES) - set(COPYING_RECIPES))
 PRETRAIN = ROOT / "recipes" / "mamba2-tiny-bytes" / "zero" / "config_pretrain.yaml"
 TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 12
 SHRINK = {
