@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip install -q --disable-pip-version-check
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint bench bench-newest
 
 # torch first, pinned to the CPU build this machine kind ships (an open range pulls GBs of CUDA wheels);
 # then the package with the versions it is tested with.
@@ -18,3 +18,20 @@ test: install
 
 lint:
 	ruff check . && ruff format --check .
+
+# Every CPU benchmark (~15 min on 2 idle cores; `python benchmarks/run_all.py --plan`), one summary JSON
+# (benchmarks/results/summary_pinned.json) and the figures in README.md and benchmarks/README.md rendered from it.
+# mambapy is what the scan benchmark compares with, installed without its dependencies (torch, already here).
+bench: install
+	$(PIP) --no-deps -r benchmarks/requirements.txt
+	$(PYTHON) benchmarks/run_all.py --mode full --env pinned
+
+# The same on the newest releases pyproject.toml allows (torch stays the pinned CPU build, as in CI's `newest`), in a
+# venv of its own kept under .cache/ and upgraded on each run; its column joins the tables beside the pinned one.
+BENCH_NEWEST := .cache/bench/newest
+bench-newest:
+	[ -x $(BENCH_NEWEST)/bin/python ] || $(PYTHON) -m venv $(BENCH_NEWEST)
+	$(BENCH_NEWEST)/bin/python -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager \
+		"$$(grep -E '^torch==' requirements/constraints.txt)" -e ".[test]"
+	$(BENCH_NEWEST)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r benchmarks/requirements.txt
+	$(BENCH_NEWEST)/bin/python benchmarks/run_all.py --mode full --env newest

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import cpu_model, git_commit
 from transformers import (
     FalconMambaConfig,
     FalconMambaForCausalLM,
@@ -135,11 +136,14 @@ def environment() -> dict:
     return {
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "versions": versions,
+        "git": git_commit(),
+        "load_average_at_write": os.getloadavg(),
     }
 
 

@@ -52,6 +52,9 @@ def main() -> None:
     parser.add_argument("--model_type", default="mamba2", choices=["mamba", "mamba2"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--modes", nargs="+", default=["ddp", "fsdp2", "zero3"], help="ddp is the reference; zero3 needs deepspeed"
+    )
     parser.add_argument("--output", default="benchmarks/results/distributed_step_cpu.json")
     args = parser.parse_args()
 
@@ -69,6 +72,7 @@ def main() -> None:
     }
     if importlib.util.find_spec("deepspeed") is not None:
         modes["zero3"] = ("zero3.yaml", base)
+    modes = {mode: modes[mode] for mode in ["ddp", *args.modes] if mode in modes}  # ddp first: the reference
     medians: dict[str, list[float]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):

@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--eval_max_length", type=int, default=8192)
     parser.add_argument("--segment_length", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", help="default: benchmarks/results/eval_during_training_cpu_<size>.json")
     args = parser.parse_args()
 
     import hf_longssm as hl
@@ -67,7 +68,8 @@ def main() -> None:
         "ratio_trainer_over_position_perplexity": per_1k["trainer_evaluate"] / per_1k["position_perplexity"],
         "medians": medians,
     }
-    path = write_results(Path(__file__).parent / "results" / f"eval_during_training_cpu_{args.size}.json", results)
+    output = args.output or Path(__file__).parent / "results" / f"eval_during_training_cpu_{args.size}.json"
+    path = write_results(output, results)
     print(results["seconds_per_1k_tokens"], results["ratio_trainer_over_position_perplexity"], path)
 
 

@@ -4,8 +4,9 @@
     python benchmarks/forward_backward.py --model_types qwen3_5_text lfm2 --sizes 10m --lengths 512 2048 \
         --output benchmarks/results/forward_backward_cpu_gated_deltanet_lfm2.json
 
-Times: both paths in one subprocess per (model type, size, length), run in turn after a warm-up (median of
+Times: both paths in this process, per (model type, size, length) run in turn after a warm-up (median of
 `--repeats`), so that load on the machine hits both alike; speedup = transformers / hf_longssm (> 1: ours is faster).
+Forward+backward is timed only where both paths run it (transformers' Mamba-1 loop is quadratic, see below).
 Memory: one subprocess per path, each mode once, peak RSS above the loaded model.
 """
 
@@ -24,20 +25,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, interleaved_medians, peak_rss_mib, write_results  # noqa: E402
 
 
+PATHS = ("hf_longssm", "transformers")
 # transformers' Mamba-1 / FalconMamba torch fallback slices one time step per iteration; the backward of each slice
-# writes a full-size gradient, so its forward+backward grows quadratically with the length. Past this length it is
-# not run (minutes to hours); the forward is still measured.
+# writes a full-size gradient, so its forward+backward grows quadratically with the length (8 s at tiny 2048, minutes
+# at 10m 2048). Past this length neither path's forward+backward is run; the forward is still measured.
 PLAIN_MAMBA1_BACKWARD_MAX_LENGTH = 2048
 
 
-def measure(model_type: str, size: str, length: int, paths: list[str], repeats: int, max_seconds: float) -> dict:
-    """One subprocess. With both paths: times, interleaved run by run so that load on the machine hits both alike.
-    With one path: that path's peak memory (max RSS above the loaded model), each mode once."""
-    import hf_longssm as hl
+def plain_backward_runs(model_type: str, length: int, max_length: int) -> bool:
+    return model_type not in ("mamba", "falcon_mamba") or length <= max_length
+
+
+def measure(
+    model_type: str, size: str, length: int, paths: list[str], repeats: int, max_seconds: float, backward: bool
+) -> dict:
+    """With both paths: times, interleaved run by run so that load on the machine hits both alike. With one path (in
+    a subprocess of its own): that path's peak memory (max RSS above the loaded model), each mode once."""
+    if "hf_longssm" in paths:  # a memory process of transformers' path alone skips the import (a second of start)
+        import hf_longssm as hl
 
     model = build_model(model_type, size)
     ids = torch.randint(0, model.config.vocab_size, (1, length))
-    skip_plain_backward = model_type in ("mamba", "falcon_mamba") and length > PLAIN_MAMBA1_BACKWARD_MAX_LENGTH
 
     def forward(path):
         with torch.no_grad():
@@ -60,40 +68,26 @@ def measure(model_type: str, size: str, length: int, paths: list[str], repeats: 
         base = peak_rss_mib()
         forward(path)
         out["peak_rss_mib_forward"] = peak_rss_mib() - base
-        if not (path == "transformers" and skip_plain_backward):
+        if backward:
             forward_backward(path)
             out["peak_rss_mib_forward_backward"] = peak_rss_mib() - base
         return out
-    fwd = {p: (lambda p=p: forward(p)) for p in paths}
-    out["forward"] = interleaved_medians(fwd, repeats, max_seconds)
-    fb = {p: (lambda p=p: forward_backward(p)) for p in paths if not (p == "transformers" and skip_plain_backward)}
-    out["forward_backward"] = interleaved_medians(fb, repeats, max_seconds)
-    if skip_plain_backward:
-        out["forward_backward"]["transformers"] = {
-            "skipped": f"quadratic in length; not run above {PLAIN_MAMBA1_BACKWARD_MAX_LENGTH}"
-        }
+    out["forward"] = interleaved_medians({p: (lambda p=p: forward(p)) for p in paths}, repeats, max_seconds)
+    if backward:
+        fb = {p: (lambda p=p: forward_backward(p)) for p in paths}
+        out["forward_backward"] = interleaved_medians(fb, repeats, max_seconds)
     return out
 
 
-def run_one(args, model_type, size, length, paths):
-    cmd = [
-        sys.executable,
-        __file__,
-        "--_one",
-        model_type,
-        size,
-        str(length),
-        ",".join(paths),
-        "--repeats",
-        str(args.repeats),
-        "--max_seconds",
-        str(args.max_seconds),
-    ]
+def memory_subprocess(args, model_type: str, size: str, length: int, path: str, backward: bool) -> dict:
+    cmd = [sys.executable, __file__, "--_memory", model_type, size, str(length), path, str(int(backward))]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return {"timeout_s": args.timeout}
+    if out.returncode != 0:
+        return {"error": out.stderr.strip()[-500:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -103,38 +97,42 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max_seconds", type=float, default=60.0, help="do not repeat a run slower than this")
-    parser.add_argument("--timeout", type=float, default=900.0, help="give up on one subprocess after this")
+    parser.add_argument(
+        "--plain_mamba1_backward_max_length",
+        type=int,
+        default=PLAIN_MAMBA1_BACKWARD_MAX_LENGTH,
+        help="longest length at which Mamba-1 / FalconMamba forward+backward runs (transformers' loop is quadratic)",
+    )
+    parser.add_argument("--no_memory", action="store_true", help="skip the per-path memory subprocesses")
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up on one memory subprocess after this")
     parser.add_argument("--output", default="benchmarks/results/forward_backward_cpu.json")
-    parser.add_argument("--_one", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--_memory", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args._one:
-        model_type, size, length, paths = args._one
-        print(json.dumps(measure(model_type, size, int(length), paths.split(","), args.repeats, args.max_seconds)))
+    if args._memory:
+        model_type, size, length, path, backward = args._memory
+        print(json.dumps(measure(model_type, size, int(length), [path], 0, 0.0, backward == "1")))
         return
 
     rows = []
     for size in args.sizes:
         for model_type in args.model_types:
             for length in args.lengths:
+                backward = plain_backward_runs(model_type, length, args.plain_mamba1_backward_max_length)
                 row = {"model_type": model_type, "size": size, "length": length}
-                row["time"] = run_one(args, model_type, size, length, ["hf_longssm", "transformers"])
-                row["memory"] = {
-                    p: run_one(args, model_type, size, length, [p]) for p in ("hf_longssm", "transformers")
-                }
+                row["time"] = measure(model_type, size, length, list(PATHS), args.repeats, args.max_seconds, backward)
+                if not backward:
+                    skipped = f"quadratic in length; not run above {args.plain_mamba1_backward_max_length}"
+                    row["time"]["forward_backward"] = {p: {"skipped": skipped} for p in PATHS}
+                row["memory"] = {}
+                if not args.no_memory:
+                    row["memory"] = {p: memory_subprocess(args, model_type, size, length, p, backward) for p in PATHS}
                 for mode in ("forward", "forward_backward"):
                     timing = row["time"].get(mode, {})
-                    if "median_s" in timing.get("hf_longssm", {}) and "median_s" in timing.get("transformers", {}):
+                    if all("median_s" in timing.get(p, {}) for p in PATHS):
                         row[f"speedup_{mode}"] = timing["transformers"]["median_s"] / timing["hf_longssm"]["median_s"]
                 rows.append(row)
-                print(
-                    json.dumps(
-                        {
-                            k: row.get(k)
-                            for k in ("model_type", "size", "length", "speedup_forward", "speedup_forward_backward")
-                        }
-                    ),
-                    flush=True,
-                )
+                keys = ("model_type", "size", "length", "speedup_forward", "speedup_forward_backward")
+                print(json.dumps({k: row.get(k) for k in keys}), flush=True)
                 write_results(args.output, {"rows": rows})
 
 

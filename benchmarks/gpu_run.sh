@@ -22,3 +22,7 @@ python3 -c "import hf_longssm.modeling as m; print('kernels importable:', m.kern
 mkdir -p "${OUT:-outputs/gpu}"
 python3 -m pytest -m gpu tests/modeling/test_kernels_gpu.py -v 2>&1 | tee "${OUT:-outputs/gpu}/gpu_tests.log"
 python3 benchmarks/gpu_throughput.py --output "${OUT:-outputs/gpu}/gpu_throughput.json"
+# The same summary format as the CPU benchmarks (env "gpu"): copy it to benchmarks/results/summary_gpu.json here and
+# `python benchmarks/run_all.py --render-only` puts its figures into the READMEs' tables, the device named.
+python3 benchmarks/run_all.py --gpu_json "${OUT:-outputs/gpu}/gpu_throughput.json" \
+    --output "${OUT:-outputs/gpu}/summary_gpu.json" --no-render

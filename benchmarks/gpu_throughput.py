@@ -7,12 +7,15 @@
    training mode with no cache, which transformers runs through the fused `mamba2_split_conv1d_scan_combined` /
    `mamba_inner_fn` kernels and a zero state. Aim: >= 0.9x (Mamba-2) and >= 0.8x (Mamba-1).
 2. `evaluation.position_perplexity` of the Mamba-2 model at 32k and 128k tokens: tokens/s and peak CUDA memory.
-Medians of timed steps after warm-up, with CUDA synchronisation.
+Medians of timed steps after warm-up, with CUDA synchronisation. The JSON records the load average before and after;
+`python benchmarks/run_all.py --gpu_json <it>` turns it into the benchmarks' summary format (env "gpu", the device
+named in every row), so its figures join the tables in benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -138,12 +141,15 @@ def main():
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("This benchmark needs a CUDA device.")
+    start, load_before = time.perf_counter(), os.getloadavg()
     results = {"device": torch.cuda.get_device_name(), "kernels": kernel_availability(), "training": {}}
     for model_type in ("mamba2", "mamba"):
         results["training"][model_type] = training_throughput(model_type, args.batch, args.segment_length)
         torch.cuda.empty_cache()
         print(model_type, results["training"][model_type]["throughput_ratio"], flush=True)
     results["evaluation"] = evaluation_throughput(args.eval_lengths, args.eval_segment_length)
+    results.update(load_average_before=load_before, load_average_after=os.getloadavg())
+    results["duration_s"] = round(time.perf_counter() - start, 1)
     write_results(args.output, results)
 
 

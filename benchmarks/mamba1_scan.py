@@ -38,11 +38,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_medians, peak_rss_mib, timed, write_results  # noqa: E402
+from make_table import mamba1_scan_table  # noqa: E402
 
 
 # (batch, channels d, state size n, length l, step regime). "small dt" is dt ~ 0.02, the low end of Mamba's
 # initialisation (dt in [0.001, 0.1]); the others draw dt = softplus(N(0, 0.25^2)) ~ 0.7, a trained model's range.
 SHAPES = {
+    "tiny": (1, 32, 4, 256, "softplus(N(0, 0.25))"),  # the smoke test's (run_all.py --mode smoke): seconds
     "small": (1, 128, 16, 2048, "softplus(N(0, 0.25))"),
     "small-dt": (1, 128, 16, 2048, "small (~0.02)"),
     "medium": (4, 256, 16, 2048, "softplus(N(0, 0.25))"),
@@ -191,46 +193,14 @@ def subprocess_json(args, *extra: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def fmt(x: float | None, digits: int = 3) -> str:
-    return "—" if x is None else f"{x:.{digits}g}"
-
-
 def table(data: dict) -> str:
     """The markdown table of one results file: fwd+bwd and forward times, ratios, peak memory, exactness."""
-    lines = [
-        f"`{data['command']}`",
-        "",
-        "| shape (b, d, n, l), dt | mode | hf_longssm (s) | mambapy (s) | transformers (s) | mambapy / ours | "
-        "transformers / ours | peak MiB ours / mambapy / transformers |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in data["rows"]:
-        b, d, n, seq_len, regime = row["shape"]
-        for mode, label in (("forward_backward", "fwd+bwd"), ("forward", "fwd")):
-            timing = row["time"].get(mode, {})
-            median = {p: timing.get(p, {}).get("median_s") for p in PATHS}
-            ours = median["hf_longssm"]
-            ratio = {p: (median[p] / ours if median[p] and ours else None) for p in ("mambapy", "transformers")}
-            memory = row["memory"].get(mode, {})
-            peak = " / ".join(fmt(memory.get(p, {}).get("peak_rss_mib"), 4) for p in PATHS)
-            cells = [fmt(median[p]) if median[p] is not None else "not run" for p in PATHS]
-            lines.append(
-                f"| {b}, {d}, {n}, {seq_len}; {regime} | {label} | {' | '.join(cells)} | "
-                f"{fmt(ratio['mambapy'], 2)} | {fmt(ratio['transformers'], 2)} | {peak} |"
-            )
-    diffs = [
-        max(v for v in row["time"].get("max_relative_difference_to_hf_longssm", {}).get("mambapy", {}).values())
-        for row in data["rows"]
-        if row["time"].get("max_relative_difference_to_hf_longssm", {}).get("mambapy")
-    ]
-    if diffs:
-        lines += ["", f"Largest difference to mambapy over y, the final state and all gradients: {max(diffs):.1e}."]
-    return "\n".join(lines)
+    return "\n".join([f"`{data['command']}`", "", *mamba1_scan_table(data)])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=[s for s in SHAPES if s != "tiny"], choices=list(SHAPES))
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds after one warm-up")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads in every subprocess")

@@ -2,9 +2,11 @@
 
     python benchmarks/position_perplexity.py [--model_type mamba2] [--size 10m] [--lengths 8192 32768 65536]
 
-Each (path, length) runs in its own subprocess (peak RSS is its own). The plain path is one forward over the whole
-sequence plus log-softmax: its memory grows with the length; position_perplexity reads segments with the state
-carried, so its memory does not. Medians of `--repeats` runs.
+Times: both paths in this process, per length run in turn after a warm-up (median of `--repeats`), so that load on
+the machine hits both alike; throughput ratio = ours / plain tokens per second (> 1: ours is faster). Memory: one
+subprocess per (path, length), each run once, peak RSS above the loaded model (and peak CUDA memory on a GPU). The
+plain path is one forward over the whole sequence plus log-softmax: its memory grows with the length;
+position_perplexity reads segments with the state carried, so its memory does not.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, interleaved_medians, peak_rss_mib, write_results  # noqa: E402
 
 
-def measure(model_type, size, length, path, segment_length, repeats):
+PATHS = ("hf_longssm", "transformers")
+
+
+def path_functions(model_type: str, size: str, length: int, segment_length: int) -> dict:
+    """The two paths as functions of no argument, on one model and one sequence."""
     from hf_longssm import evaluation
 
     model = build_model(model_type, size).eval()
@@ -38,12 +44,23 @@ def measure(model_type, size, length, path, segment_length, repeats):
             logits = model(ids).logits
             torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])
 
+    return {"hf_longssm": ours, "transformers": plain}
+
+
+def measure_time(model_type: str, size: str, length: int, segment_length: int, repeats: int) -> dict:
+    times = interleaved_medians(path_functions(model_type, size, length, segment_length), repeats)
+    return {p: {"time": t, "tokens_per_s": length / t["median_s"]} for p, t in times.items()}
+
+
+def measure_memory(model_type: str, size: str, length: int, path: str, segment_length: int) -> dict:
+    """One subprocess, one path: peak RSS above the loaded model (and peak CUDA memory) of one run."""
+    fn = path_functions(model_type, size, length, segment_length)[path]
     base = peak_rss_mib()
-    if device == "cuda":
+    if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    timing = interleaved_medians({path: ours if path == "hf_longssm" else plain}, repeats)[path]
-    result = {"time": timing, "tokens_per_s": length / timing["median_s"], "peak_rss_mib": peak_rss_mib() - base}
-    if device == "cuda":
+    fn()
+    result = {"peak_rss_mib": peak_rss_mib() - base}
+    if torch.cuda.is_available():
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
@@ -55,44 +72,32 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 65536])
     parser.add_argument("--segment_length", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no_memory", action="store_true", help="skip the per-path memory subprocesses")
     parser.add_argument("--output", default="benchmarks/results/position_perplexity_cpu.json")
-    parser.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args._one:
-        length, path = args._one
-        out = measure(args.model_type, args.size, int(length), path, args.segment_length, args.repeats)
-        print(json.dumps(out))
+    if args._memory:
+        length, path = args._memory
+        print(json.dumps(measure_memory(args.model_type, args.size, int(length), path, args.segment_length)))
         return
     rows = []
     for length in args.lengths:
-        row = {"length": length}
-        for path in ("hf_longssm", "transformers"):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--_one",
-                str(length),
-                path,
-                "--model_type",
-                args.model_type,
-                "--size",
-                args.size,
-                "--segment_length",
-                str(args.segment_length),
-                "--repeats",
-                str(args.repeats),
-            ]
+        row = {"length": length, **measure_time(args.model_type, args.size, length, args.segment_length, args.repeats)}
+        for path in PATHS if not args.no_memory else ():
+            cmd = [sys.executable, __file__, "--_memory", str(length), path, "--model_type", args.model_type,
+                   "--size", args.size, "--segment_length", str(args.segment_length)]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True)
-            row[path] = (
+            memory = (
                 json.loads(out.stdout.strip().splitlines()[-1])
                 if out.returncode == 0
                 else {"error": out.stderr.strip()[-300:]}
             )
-        if "tokens_per_s" in row["transformers"]:
-            row["throughput_ratio"] = row["hf_longssm"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
+            row[path].update(memory)
+        row["throughput_ratio"] = row["hf_longssm"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
+        if "peak_rss_mib" in row["hf_longssm"] and "peak_rss_mib" in row["transformers"]:
             row["memory_ratio"] = row["hf_longssm"]["peak_rss_mib"] / max(row["transformers"]["peak_rss_mib"], 1e-9)
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: row.get(k) for k in ("length", "throughput_ratio", "memory_ratio")}), flush=True)
     write_results(
         args.output,
         {"model_type": args.model_type, "size": args.size, "segment_length": args.segment_length, "rows": rows},
