@@ -2,16 +2,17 @@
 
 One example, in the model's token ids (with the byte tokenizer one character is one token):
 
-    <eos> x_1 ... x_n | x_1 ... x_n
+    x_1 ... x_n | x_1 ... x_n
 
-`x_i` are drawn uniformly and independently from `COPY_SYMBOLS` (16 letters), `|` is the separator and the leading EOS
-is the boundary every document of a training stream starts after. The copy is all there is to learn: `x_1 ... x_n` are
-random and `n` is unknown until the separator, so only the n copied tokens are targets.
+`x_i` are drawn uniformly and independently from `COPY_SYMBOLS` (16 letters) and `|` is the separator. The copy is
+all there is to learn: `x_1 ... x_n` are random and `n` is unknown until the separator, so only the n copied tokens
+are targets (and, in training, the EOS the stream builder appends after each document).
 
 Training documents (`copying_documents`): `n` uniform in `1 .. (length - 2) // 2`, the example padded with `.` to
 exactly `length - 1` tokens, so that with the EOS the stream builder appends one document is one segment of `length`
-tokens; `labels` are -100 everywhere but the copy (the padding is read, never scored). Seeded: the same seed gives the
-same documents. `evaluation.copying` scores a model on longer examples.
+tokens, starting at `x_1`; `labels` are -100 everywhere but the copy (the padding is read, never scored; the EOS after
+it is a target, a deterministic one). Seeded: the same seed gives the same documents. `evaluation.copying` scores a
+model on longer examples, in the same format from a zero state.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ IGNORE_INDEX = -100
 @dataclass(frozen=True)
 class CopyingVocabulary:
     """The token ids the copying task uses: `symbols` to copy, the `separator`, the `pad` of training documents and
-    the `eos` every example starts after."""
+    the `eos` that ends each of them in a stream."""
 
     symbols: tuple[int, ...]
     separator: int
@@ -51,7 +52,7 @@ class CopyingVocabulary:
         if len(set(ids.values())) != len(ids):
             raise ValueError("The tokenizer maps two of the copying task's characters to the same token.")
         if tokenizer.eos_token_id is None:
-            raise ValueError("The copying task starts every example after EOS: the tokenizer needs an eos_token_id.")
+            raise ValueError("The copying task ends every document with EOS: the tokenizer needs an eos_token_id.")
         symbols = tuple(ids[c] for c in COPY_SYMBOLS)
         return cls(symbols, ids[SEPARATOR], ids[PAD], tokenizer.eos_token_id)
 

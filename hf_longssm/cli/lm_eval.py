@@ -266,6 +266,8 @@ def _babilong_runs(tasks: list[str], args: argparse.Namespace) -> tuple[Path | N
         folder = harness.babilong_copy(args.babilong_path)
         asked = list(dict.fromkeys(args.babilong_lengths))
         lengths = harness.babilong_lengths(folder) if "all" in asked else asked
+        if not lengths:  # `all` of a copy that holds no complete length: nothing would run
+            harness.babilong_copy(folder, ["0k"])
         harness.babilong_copy(folder, lengths)  # every length asked is in the copy
     except FileNotFoundError as error:
         raise SystemExit(str(error)) from None

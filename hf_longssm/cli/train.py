@@ -21,7 +21,9 @@ from transformers.utils import logging
 from ..hub import hub_id, push_folder_to_hub
 from ..loading import apply_model_init, load_model, load_tokenizer
 from ..modeling import register_model_code
-from ..sources import load_documents
+from ..sources import COPYING, OFFLINE_CORPORA, load_documents
+from ..synthetic import CopyingVocabulary
+from ..tokenization import byte_tokenizer
 from ..training import StatePassingConfig, StatePassingTrainer
 from ..training.checkpoints import FINISHED, FINISHED_FILE, last_complete_checkpoint, resume_point
 from ..training.output_lock import hold_output_dir
@@ -117,6 +119,7 @@ def _train(script_args, training_args, model_args):
         return None
     set_seed(training_args.seed)
     tokenizer = tokenizer_from_args(script_args, model_args)
+    check_copying_run(script_args, training_args, tokenizer)
     model = model_from_args(model_args)
     documents = load_documents(
         dataset_name=script_args.dataset_name,
@@ -158,6 +161,42 @@ def _train(script_args, training_args, model_args):
     if push and trainer.is_world_process_zero():
         upload(training_args, model_args)
     return trainer
+
+
+def check_copying_run(script_args: ScriptArguments, training_args: StatePassingConfig, tokenizer) -> None:
+    """The copying source's documents (`hf_longssm.synthetic`) are byte-tokenizer ids and each fills one segment of
+    `dataset_config` tokens: refuse a run that would read them as other tokens or cut them (a copy split from its
+    source cannot be learned from a zero state), before anything trains."""
+    if script_args.dataset_name != COPYING:
+        return
+    length = training_args.segment_length
+    if str(script_args.dataset_config) != str(length):
+        raise ValueError(
+            f"{COPYING} with dataset_config={script_args.dataset_config!r} and segment_length={length}: each document "
+            f'fills one segment of dataset_config tokens. Set dataset_config: "{length}".'
+        )
+    try:
+        same_ids = CopyingVocabulary.from_tokenizer(tokenizer) == CopyingVocabulary.from_tokenizer(byte_tokenizer())
+    except ValueError:
+        same_ids = False
+    if not same_ids:
+        raise ValueError(
+            f"{COPYING}'s documents are the byte tokenizer's ids (its EOS included): set tokenizer_name_or_path: byte "
+            "and train a model with the byte vocabulary (vocab_size 257)."
+        )
+    streams = training_args.per_device_train_batch_size * training_args.world_size
+    documents = OFFLINE_CORPORA[COPYING].SPLITS.get(script_args.dataset_train_split, (0,))[0]
+    if documents % streams:
+        raise ValueError(
+            f"{COPYING}'s {documents} documents laid into {streams} streams (per_device_train_batch_size x processes) "
+            f"would start streams inside a document. Use a batch size x processes that divides {documents} (a power "
+            "of two)."
+        )
+    if training_args.state_init == "tbtt" and training_args.reset_state_on_eos:
+        logger.warning(
+            f"TBTT on {COPYING} with reset_state_on_eos: every segment starts a document after an EOS, so every "
+            "state is reset and the run is the zero control. Set reset_state_on_eos: false to carry the state."
+        )
 
 
 def repo_id_of(args: StatePassingConfig) -> str:

@@ -1,8 +1,10 @@
 """Copy accuracy by sequence length: the synthetic copying task (`hf_longssm.synthetic`) past the training length.
 
-Each trial is one example of `n = (length - 2) // 2` symbols (the longest copy a `length`-token sequence holds), read
-from a zero state in segments with the state carried (bounded memory); each copied token is predicted from the true
-tokens before it (teacher forcing). Reported: per-token accuracy, and exact match when all n tokens are right. Seeded.
+Each trial is one example `x_1 ... x_n | x_1 ... x_n` of `n = (length - 1) // 2` symbols (the longest copy a
+`length`-token sequence holds), read from a zero state in segments with the state carried (bounded memory), starting
+at `x_1` as a training segment does (a zero-state model never sees the EOS before it); each copied token is predicted
+from the true tokens before it (teacher forcing). Reported: per-token accuracy, and exact match when all n tokens are
+right. Seeded per length: a length's examples are the same whatever other lengths are asked.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def copying_accuracy(
     Args:
         model: a causal LM hf_longssm runs in segments.
         tokenizer: its tokenizer (`CopyingVocabulary.from_tokenizer`).
-        lengths (`list[int]`): sequence lengths in tokens, strictly increasing; each copies `(length - 2) // 2`
-            symbols.
+        lengths (`list[int]`): sequence lengths in tokens, strictly increasing, >= 3; each copies
+            `(length - 1) // 2` symbols.
         num_trials (`int`): examples per length.
         segment_length (`int`): tokens per forward; the state is carried between segments.
         seed (`int`): the examples' seed.
@@ -43,25 +45,26 @@ def copying_accuracy(
     Returns:
         `list[dict]`: per length `{"length", "copy_tokens", "token_accuracy", "exact_match", "trials"}`.
     """
-    if list(lengths) != sorted(set(lengths)) or lengths[0] < 4:
-        raise ValueError(f"lengths must be strictly increasing and >= 4, got {lengths}.")
+    check_copying_lengths(lengths)
+    if num_trials < 1:
+        raise ValueError(f"num_trials must be >= 1, got {num_trials}.")
     vocabulary = CopyingVocabulary.from_tokenizer(tokenizer)
     attention = {"attention_state": attention_state, "attention_window": attention_window}
     device = input_device(model)
-    rng = random.Random(seed)
     rows = []
     with eval_mode(model):
         for length in lengths:
-            n = (length - 2) // 2
+            n = (length - 1) // 2
+            rng = random.Random(f"copying-{seed}-{length}")
             right = exact = 0
             for _ in range(num_trials):
-                ids = torch.tensor([[vocabulary.eos, *copying_example(rng, vocabulary, n)]], device=device)
+                ids = torch.tensor([copying_example(rng, vocabulary, n)], device=device)
                 predicted = torch.cat(
                     [out.logits.argmax(-1) for _, _, out, _ in iter_segments(model, ids, segment_length, **attention)],
                     dim=1,
                 )
-                # Position t predicts token t + 1: the copy x_1 .. x_n (ids[n + 2:]) is predicted at n + 1 .. 2n.
-                hits = predicted[0, n + 1 : 2 * n + 1] == ids[0, n + 2 :]
+                # Position t predicts token t + 1: the copy x_1 .. x_n (ids[n + 1:]) is predicted at n .. 2n - 1.
+                hits = predicted[0, n : 2 * n] == ids[0, n + 1 :]
                 right += int(hits.sum())
                 exact += bool(hits.all())
             rows.append(
@@ -74,3 +77,11 @@ def copying_accuracy(
                 }
             )
     return rows
+
+
+def check_copying_lengths(lengths) -> None:
+    """Refuse sequence lengths the copying task cannot score: not strictly increasing, or under 3 tokens (one symbol,
+    the separator, its copy)."""
+    lengths = list(lengths)
+    if not lengths or lengths != sorted(set(lengths)) or lengths[0] < 3:
+        raise ValueError(f"Copying lengths must be strictly increasing and >= 3 tokens, got {lengths}.")

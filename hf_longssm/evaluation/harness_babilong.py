@@ -188,8 +188,8 @@ def babilong_copy(
             )
         raise FileNotFoundError(
             f"The copy of {repo_id} in {folder} lacks the files of {', '.join(missing)} (it holds "
-            f"{', '.join(present) or 'none'}): `{_download_hint(repo_id, missing)}`"
-            + (f" --local-dir {folder}." if path is not None else ".")
+            f"{', '.join(present) or 'none'}): `{_download_hint(repo_id, missing)}"
+            + (f" --local-dir {folder}`." if path is not None else "`.")
         )
     return folder
 

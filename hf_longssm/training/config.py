@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 from transformers.utils import logging
 
+from ..evaluation.copying import check_copying_lengths
 from .distributed import check_sharding_arguments
 from .eval_tasks import EVAL_TASKS
 from .interventions import INTERVENTIONS
@@ -269,6 +270,8 @@ class StatePassingConfig(TrainingArguments):
                 f"eval_task_lengths must be strictly increasing positive lengths and eval_task_trials >= 1, got "
                 f"{lengths} and {self.eval_task_trials}."
             )
+        if "copying" in self.eval_tasks:
+            check_copying_lengths(lengths)
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}.")
         if self.fitted_noise_update not in ("running", "frozen"):

@@ -71,6 +71,11 @@ def _token_documents(dataset, tokenizer, text_column: str) -> Iterator[Document]
                 )
             yield ids, list(labels)
         elif text_column in row:
+            if row.get("labels") is not None:  # a mask over tokens the text has not been split into yet
+                raise ValueError(
+                    f"Document {index} has {text_column!r} and labels: a loss mask (-100 per token) needs the tokens "
+                    "it masks. Give input_ids with the labels, or drop the labels column."
+                )
             if tokenizer is None:
                 raise ValueError(f"Rows have {text_column!r}: pass the tokenizer as `processing_class`.")
             yield tokenizer(row[text_column], add_special_tokens=False)["input_ids"]

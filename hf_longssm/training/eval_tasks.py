@@ -69,7 +69,8 @@ def task_tables(results: dict[str, list[dict]]) -> str:
     """Markdown, one table per task: accuracy by prompt length (the model card's)."""
     tables = []
     for task, rows in results.items():
-        lines = [f"{task} accuracy by prompt length (tokens):", "", "| length | accuracy | prompts |", "|---|---|---|"]
+        what = "per-token copy accuracy by sequence length" if task == "copying" else "accuracy by prompt length"
+        lines = [f"{task} {what} (tokens):", "", "| length | accuracy | prompts |", "|---|---|---|"]
         lines += [f"| {r['length']} | {r['accuracy']:.2f} | {r['trials']} |" for r in rows]
         tables.append("\n".join(lines))
     return "\n\n".join(tables)

@@ -30,6 +30,7 @@ from ..modeling import (
     unwrap_model,
 )
 from ..sources import is_offline
+from ..synthetic import CopyingVocabulary
 from .callbacks import EvalPlotCallback
 from .checkpoints import (
     TRAINER_STATE_FILE,
@@ -174,6 +175,8 @@ class StatePassingTrainer(Trainer):
                 f"eval_tasks={self.args.eval_tasks} builds prompts from text: pass the tokenizer "
                 "(processing_class=) to StatePassingTrainer."
             )
+        if "copying" in self.args.eval_tasks:  # refused now, not at the first evaluation after steps of training
+            CopyingVocabulary.from_tokenizer(self.processing_class)
         if self._eval_input_ids is not None and args.eval_plots:
             self.add_callback(EvalPlotCallback())
         if hasattr(base, "add_model_tags"):

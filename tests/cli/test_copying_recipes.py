@@ -46,3 +46,32 @@ def test_the_copying_recipes_pretrain_post_train_and_evaluate(model_type, tmp_pa
     )  # fmt: skip
     cells = json.loads(Path(path).read_text())["results"][str(out)]["cells"]
     assert [(c["length"], c["copy_tokens"]) for c in cells] == [(16, 7), (64, 31)]
+
+
+def test_copying_runs_that_would_cut_or_misread_the_documents_are_refused(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(ROOT)
+    recipe = str(ROOT / "recipes" / "copying-tiny-bytes" / "mamba2" / "config_pretrain.yaml")
+    argv = ["--config", recipe, "--output_dir", str(tmp_path / "out"), *SHRINK]
+    with pytest.raises(ValueError, match="dataset_config='64' and segment_length=16.*Set dataset_config: \"16\""):
+        train.main([*argv, "--dataset_config", "64"])
+    with pytest.raises(ValueError, match="divides 65536"):
+        train.main([*argv, "--per_device_train_batch_size", "3"])
+    bpe = tmp_path / "bpe"
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>")), eos_token="<unk>"
+    ).save_pretrained(bpe)
+    with pytest.raises(ValueError, match="byte tokenizer's ids.*tokenizer_name_or_path: byte"):
+        train.main([*argv, "--tokenizer_name_or_path", str(bpe)])
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    tbtt = str(ROOT / "recipes" / "copying-tiny-bytes" / "mamba2" / "config_tbtt.yaml")
+    base = tmp_path / "base"
+    train.main(["--config", recipe, "--output_dir", str(base), *SHRINK])
+    with caplog.at_level("WARNING"):
+        train.main(
+            ["--config", tbtt, "--model_name_or_path", str(base), "--output_dir", str(tmp_path / "t"), *SHRINK,
+             "--reset_state_on_eos", "true"]
+        )  # fmt: skip
+    assert "every state is reset and the run is the zero control" in caplog.text

@@ -61,8 +61,12 @@ def test_bad_lengths_and_tokenizers_are_refused():
 
     with pytest.raises(ValueError, match="needs 'a' to be one token.*byte tokenizer"):
         CopyingVocabulary.from_tokenizer(TwoTokensEach())
-    with pytest.raises(ValueError, match="strictly increasing"):
-        copying.copying_accuracy(tiny_model("mamba2", vocab_size=257), TOKENIZER, [64, 32])
+    model = tiny_model("mamba2", vocab_size=257)
+    for lengths in ([64, 32], [], [2, 8]):
+        with pytest.raises(ValueError, match="strictly increasing and >= 3"):
+            copying.copying_accuracy(model, TOKENIZER, lengths)
+    with pytest.raises(ValueError, match="num_trials must be >= 1"):
+        copying.copying_accuracy(model, TOKENIZER, [8], num_trials=0)
 
 
 def test_the_offline_source_needs_the_segment_length():
@@ -146,10 +150,10 @@ def test_accuracy_counts_exactly_the_copied_tokens(monkeypatch):
     rows = copying.copying_accuracy(model, TOKENIZER, [10, 65], num_trials=2, segment_length=8)
     assert [(r["length"], r["copy_tokens"], r["token_accuracy"], r["exact_match"]) for r in rows] == [
         (10, 4, 1.0, 1.0),
-        (65, 31, 1.0, 1.0),
+        (65, 32, 1.0, 1.0),
     ]
-    assert oracle.calls == [(10, 8), (10, 8), (64, 8), (64, 8)]  # <eos> + n + | + n tokens, read in segments
-    # One wrong prediction inside the copy (position n + 1 predicts x_1): one token of n, and no exact match.
+    assert oracle.calls == [(9, 8), (9, 8), (65, 8), (65, 8)]  # n + | + n tokens (as training starts), in segments
+    # One wrong prediction inside the copy (position n predicts x_1): one token of n, and no exact match.
     monkeypatch.setattr(copying, "iter_segments", _Oracle(wrong=[5]))
     (row,) = copying.copying_accuracy(model, TOKENIZER, [10], num_trials=3)
     assert row["token_accuracy"] == pytest.approx(3 / 4) and row["exact_match"] == 0.0
@@ -160,13 +164,15 @@ def test_accuracy_counts_exactly_the_copied_tokens(monkeypatch):
 
 def test_segmented_accuracy_is_the_one_pass_accuracy():
     model = tiny_model("mamba2", vocab_size=257)
-    rows = copying.copying_accuracy(model, TOKENIZER, [40], num_trials=4, segment_length=7, seed=5)
-    rng, right = random.Random(5), 0
+    rows = copying.copying_accuracy(model, TOKENIZER, [24, 40], num_trials=4, segment_length=7, seed=5)
+    rng, right = random.Random("copying-5-40"), 0
     for _ in range(4):
-        ids = torch.tensor([[VOCAB.eos, *copying_example(rng, VOCAB, 19)]])
+        ids = torch.tensor([copying_example(rng, VOCAB, 19)])
         predicted = model(ids).logits.argmax(-1)
-        right += int((predicted[0, 20:39] == ids[0, 21:]).sum())
-    assert rows[0]["token_accuracy"] == right / (19 * 4)
+        right += int((predicted[0, 19:38] == ids[0, 20:]).sum())
+    assert rows[1]["token_accuracy"] == right / (19 * 4)
+    # A length's examples do not depend on the other lengths asked.
+    assert copying.copying_accuracy(model, TOKENIZER, [40], num_trials=4, segment_length=7, seed=5) == rows[1:]
 
 
 def test_hf_longssm_eval_task_copying_writes_the_table_and_figure(tmp_path):
@@ -179,3 +185,26 @@ def test_hf_longssm_eval_task_copying_writes_the_table_and_figure(tmp_path):
     assert [(c["length"], c["copy_tokens"], c["trials"]) for c in cells] == [(16, 7, 2), (64, 31, 2)]
     assert json.loads((out / "copying.json").read_text())["results"][str(path)]["cells"] == cells
     assert (out / "copying.png").is_file()
+
+
+def test_copying_eval_tasks_are_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="strictly increasing and >= 3"):
+        hl.StatePassingConfig(output_dir=str(tmp_path), eval_tasks=["copying"], eval_task_lengths=[2, 8])
+
+    class NoSeparator:
+        eos_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1, 2] if text == SEPARATOR else [ord(text)]}
+
+    args = hl.StatePassingConfig(
+        output_dir=str(tmp_path), state_init="zero", segment_length=16, eval_tasks=["copying"], use_cpu=True,
+        report_to=[],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="needs '\\|' to be one token"):
+        hl.StatePassingTrainer(model=tiny_model("mamba2", vocab_size=257), args=args, processing_class=NoSeparator())
+
+
+def test_text_rows_with_a_loss_mask_are_refused():
+    with pytest.raises(ValueError, match="has 'text' and labels: a loss mask"):
+        list(iter_token_documents([{"text": "abc", "labels": [-100, 98, 99]}], TOKENIZER))
