@@ -122,8 +122,33 @@ def interleaved_medians(fns: dict, repeats: int, max_seconds: float = float("inf
     }
 
 
+def _status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status (Linux) in MiB, or None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory (MiB). Linux: the kernel's high-water mark VmHWM, which
+    `reset_peak_rss_mib` can restart; `ru_maxrss` is kept over fork and exec, so a subprocess started by a large
+    benchmark process would read its parent's peak and measure nothing."""
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss_mib() -> float:
+    """Restart the peak at the current resident memory and return that (MiB): `peak_rss_mib() - base` is then what
+    the code after it adds, whatever imports or loading peaked at before. Without /proc: the peak so far."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the high-water mark to the current RSS
+        return _status_mib("VmRSS")
+    except OSError:
+        return peak_rss_mib()
 
 
 def environment() -> dict:

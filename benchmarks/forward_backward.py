@@ -22,7 +22,7 @@ import torch
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, interleaved_medians, peak_rss_mib, write_results  # noqa: E402
+from common import build_model, interleaved_medians, peak_rss_mib, reset_peak_rss_mib, write_results  # noqa: E402
 
 
 PATHS = ("hf_longssm", "transformers")
@@ -65,7 +65,7 @@ def measure(
     out = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     if len(paths) == 1:  # memory
         path = paths[0]
-        base = peak_rss_mib()
+        base = reset_peak_rss_mib()
         forward(path)
         out["peak_rss_mib_forward"] = peak_rss_mib() - base
         if backward:

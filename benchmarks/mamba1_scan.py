@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, peak_rss_mib, timed, write_results  # noqa: E402
+from common import interleaved_medians, peak_rss_mib, reset_peak_rss_mib, timed, write_results  # noqa: E402
 from make_table import mamba1_scan_table  # noqa: E402
 
 
@@ -175,7 +175,7 @@ def measure_memory(shape_name: str, path: str, backward: bool) -> dict:
     run(fn, warm, backward, probes_for(warm))
     inputs = make_inputs(*shape)
     probes = probes_for(inputs)
-    base = peak_rss_mib()
+    base = reset_peak_rss_mib()
     run(fn, inputs, backward, probes)
     return {"peak_rss_mib": peak_rss_mib() - base}
 

@@ -21,7 +21,7 @@ import torch
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, interleaved_medians, peak_rss_mib, write_results  # noqa: E402
+from common import build_model, interleaved_medians, peak_rss_mib, reset_peak_rss_mib, write_results  # noqa: E402
 
 
 PATHS = ("hf_longssm", "transformers")
@@ -55,7 +55,7 @@ def measure_time(model_type: str, size: str, length: int, segment_length: int, r
 def measure_memory(model_type: str, size: str, length: int, path: str, segment_length: int) -> dict:
     """One subprocess, one path: peak RSS above the loaded model (and peak CUDA memory) of one run."""
     fn = path_functions(model_type, size, length, segment_length)[path]
-    base = peak_rss_mib()
+    base = reset_peak_rss_mib()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     fn()
