@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The synthetic copying experiment, offline on a CPU (~25 minutes on one core): a Mamba-2 and a Mamba-1 pretrained
+# The synthetic copying experiment, offline on a CPU (~35 minutes on one core): a Mamba-2 and a Mamba-1 pretrained
 # on copying at T = 64 tokens (copies of 1..31 symbols, hf_longssm/copying), each post-trained for 400 steps with a
 # zero state (the control), state passing and TBTT, then scored on copies up to 16 T long (`hf-longssm eval --task
 # copying`: per-token and exact-match accuracy by sequence length, a JSON and a figure).
