@@ -1,13 +1,15 @@
 """The published benchmark figures, rendered from the summary JSONs that `run_all.py` writes.
 
     python benchmarks/make_table.py [--results_dir benchmarks/results]   # print every table
-    python benchmarks/run_all.py --render-only                           # rewrite the READMEs' marked blocks
+    python benchmarks/run_all.py --render-only                           # rewrite the marked blocks
 
-A block between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in README.md or benchmarks/README.md is generated:
-`render_text` replaces what is between the two markers with `blocks(summaries)[NAME]` and leaves the rest of the
-file alone, so no figure in those blocks is typed by hand. Summaries of several environments (pinned, newest, a GPU
-run) are shown side by side in the targets table; the detailed tables show the pinned run, the others folded below
-it. Standard library only: the tests render a fake summary without loading torch.
+A block between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in README.md, benchmarks/README.md, docs/scale_out.md
+or docs/hybrids.md (`run_all.RENDERED`) is generated: `render_text` replaces what is between the two markers with
+`blocks(summaries, standalone)[NAME]` and leaves the rest of the file alone, so no figure in those blocks is typed by
+hand. Summaries of several environments (pinned, newest, a GPU run) are shown side by side in the targets table; the
+detailed tables show the pinned run, the others folded below it. `standalone` holds the JSONs of the experiments
+`make bench` does not run (`STANDALONE`), rendered as they were committed. Standard library only: the tests render a
+fake summary without loading torch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -292,8 +295,22 @@ DETAIL_TABLES: dict[str, Callable[[dict], list[str]]] = {
 }
 
 
-def detail_block(summaries: list[dict], benchmark: str) -> str:
-    """Every job of `benchmark`: its command and table; the first environment open, the others folded."""
+def distributed_step_scale_out_table(result: dict) -> list[str]:
+    """docs/scale_out.md's table: benchmarks/README.md's, and how many launches and steps each median is over."""
+    launches = {len(row.get("per_launch_s", [])) for row in result["rows"]}
+    count = launches.pop() if len(launches) == 1 else None
+    over = "1 launch" if count == 1 else f"{count or 'the'} alternating launches"
+    return distributed_step_table(result) + [
+        "",
+        f"{result.get('model_type', '?')}, {result.get('processes', '?')} processes; per mode the median over {over} "
+        f"of {result.get('steps', '?')} steps (per launch: the median step of rank 0 after 3 warm-up steps).",
+    ]
+
+
+def detail_block(summaries: list[dict], benchmark: str, table: Callable[[dict], list[str]] | None = None) -> str:
+    """Every job of `benchmark`: its command and table (`table`, by default `DETAIL_TABLES[benchmark]`); the first
+    environment open, the others folded."""
+    table = table or DETAIL_TABLES[benchmark]
     parts = []
     for i, s in enumerate(summaries):
         jobs = [(name, job) for name, job in s.get("jobs", {}).items() if job.get("benchmark") == benchmark]
@@ -305,7 +322,7 @@ def detail_block(summaries: list[dict], benchmark: str) -> str:
                 why = job.get("skipped") or (job.get("error") or "no result").strip().splitlines()[-1][:200]
                 lines += [f"`{name}`: not run ({why}).", ""]
                 continue
-            lines += [f"`{job['command']}`", "", *DETAIL_TABLES[benchmark](job["result"]), ""]
+            lines += [f"`{job['command']}`", "", *table(job["result"]), ""]
         if i == 0:
             parts.append(f"{env_label(s)}:\n\n" + "\n".join(lines).rstrip())
         else:
@@ -319,11 +336,79 @@ def detail_block(summaries: list[dict], benchmark: str) -> str:
     return "Not measured yet: run `make bench`."
 
 
+# ------------------------------------------------------------------------------- experiments make bench does not run
+# Their JSONs, in results/ as committed (block name: file). Rendered as they are, never rerun by `make bench`.
+STANDALONE = {"hybrid_attention_policy": "hybrid_attention_policy_cpu.json"}
+HYBRID_MODELS = {"base": ("base (zero state, T = 32)", "base"), "sp": ("state passing",) * 2, "tbtt": ("TBTT",) * 2}
+
+
+def load_standalone(results_dir: str | Path = RESULTS) -> dict[str, dict]:
+    """The JSON of every `STANDALONE` experiment found in `results_dir`, by block name."""
+    paths = {name: Path(results_dir) / file for name, file in STANDALONE.items()}
+    return {name: json.loads(path.read_text()) for name, path in paths.items() if path.is_file()}
+
+
+def hybrid_attention_policy_block(result: dict | None) -> str:
+    """docs/hybrids.md's table: perplexities by model and attention policy (the lowest far perplexity in bold), how
+    to regenerate it, the versions and the training times."""
+    json_path = f"benchmarks/results/{STANDALONE['hybrid_attention_policy']}"
+    if result is None:
+        return (
+            "Not measured yet: `python benchmarks/hybrid_attention_policy.py` (`make bench` does not run it), then"
+            f" copy its `results.json` to `{json_path}` and `python benchmarks/run_all.py --render-only`."
+        )
+    command = result.get("command", "python benchmarks/hybrid_attention_policy.py")
+    arguments = shlex.split(command)
+    output_dir = arguments[arguments.index("--output_dir") + 1] if "--output_dir" in arguments[:-1] else None
+    environment = result.get("environment", {})
+    versions = environment.get("versions", {})
+    label = ", ".join(f"{name} {versions[name]}" for name in ("torch", "transformers") if versions.get(name))
+    lines = [
+        f"Regenerated by `{command}` (`make bench` does not rerun it), its "
+        f"`{output_dir or '<output_dir>'}/results.json` copied to `{json_path}`, then `python benchmarks/run_all.py "
+        f"--render-only`; measured with {label or 'versions not recorded'} on {environment.get('cpu_count', '?')} "
+        "CPU cores:",
+        "",
+        "| model | attention_state | ppl [32, 64) | ppl [2048, 4095) | far / near |",
+        "|---|---|---|---|---|",
+    ]
+    lowest = min(row["far"] for row in result["rows"])
+    seen = set()
+    for row in result["rows"]:
+        first, again = HYBRID_MODELS.get(row["model"], (row["model"],) * 2)
+        far = f"{row['far']:.2f}" if row["far"] != lowest else f"**{row['far']:.2f}**"
+        lines.append(
+            f"| {again if row['model'] in seen else first} | {row['policy']} | {row['near']:.2f} | {far} | "
+            f"{row['far_near']:.3f} |"
+        )
+        seen.add(row["model"])
+    timings = result.get("timings", {})
+    if timings:
+        policies = list(dict.fromkeys(row["policy"] for row in result["rows"] if row["model"] != "base"))
+        methods = [m for m in HYBRID_MODELS if any(f"{m}-{p}_s" in timings for p in policies)]
+        post = ", ".join(
+            f"{HYBRID_MODELS[m][0]} " + " / ".join(seconds(timings.get(f"{m}-{p}_s")) for p in policies) + " s"
+            for m in methods
+        )
+        lines += [
+            "",
+            f"Training times: pretraining {seconds(timings.get('pretrain_s'))} s; post-training "
+            f"({' / '.join(policies)}): {post}; {sum(timings.values()) / 60:.1f} minutes of training in all.",
+        ]
+    return "\n".join(lines)
+
+
+def seconds(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0f}"
+
+
 # ------------------------------------------------------------------------------------------------------- rendering
-def blocks(summaries: list[dict]) -> dict[str, str]:
-    """The text of every marked block, by marker name."""
+def blocks(summaries: list[dict], standalone: dict[str, dict] | None = None) -> dict[str, str]:
+    """The text of every marked block, by marker name; `standalone`: the JSONs of `STANDALONE` (by default
+    `load_standalone()`'s, the committed ones; a missing one's block says how to make it)."""
     if not summaries:
         return {}
+    standalone = load_standalone() if standalone is None else standalone
     out = {
         "runs": runs_table(summaries),
         "targets": targets_table(summaries),
@@ -336,6 +421,9 @@ def blocks(summaries: list[dict]) -> dict[str, str]:
     }
     for benchmark in DETAIL_TABLES:
         out[benchmark] = detail_block(summaries, benchmark)
+    # docs/scale_out.md: the same summary's distributed_step jobs as benchmarks/README.md's block.
+    out["scale_out_distributed_step"] = detail_block(summaries, "distributed_step", distributed_step_scale_out_table)
+    out["hybrid_attention_policy"] = hybrid_attention_policy_block(standalone.get("hybrid_attention_policy"))
     return out
 
 
@@ -353,12 +441,17 @@ def render_text(text: str, rendered: dict[str, str]) -> str:
     return MARKER.sub(lambda m: f"{m.group(1)}{rendered[m['name']].rstrip()}\n{m.group(4)}", text)
 
 
-def render_file(path: str | Path, summaries: list[dict], output: str | Path | None = None) -> Path:
+def render_file(
+    path: str | Path,
+    summaries: list[dict],
+    output: str | Path | None = None,
+    standalone: dict[str, dict] | None = None,
+) -> Path:
     """Rewrite the marked blocks of `path` (into `output` when given, e.g. a copy in smoke mode)."""
     path = Path(path)
     output = Path(output) if output else path
     text = path.read_text()
-    output.write_text(render_text(text, blocks(summaries)))
+    output.write_text(render_text(text, blocks(summaries, standalone)))
     return output
 
 
@@ -369,7 +462,7 @@ def main() -> None:
     summaries = load_summaries(args.results_dir, smoke=True)
     if not summaries:
         raise SystemExit(f"no summary_*.json in {args.results_dir}: run `python benchmarks/run_all.py` first")
-    for name, text in blocks(summaries).items():
+    for name, text in blocks(summaries, load_standalone(args.results_dir)).items():
         print(f"## {name}\n\n{text}\n")
 
 

@@ -5,7 +5,7 @@
     python benchmarks/run_all.py --mode smoke --output /tmp/bench   # CI: smallest sizes, one repeat, seconds
     python benchmarks/run_all.py --plan                   # the jobs, their commands and estimated durations
     python benchmarks/run_all.py --jobs trainer_step_cpu  # rerun some jobs, keep the others' rows from the summary
-    python benchmarks/run_all.py --render-only            # README.md and benchmarks/README.md from the summaries
+    python benchmarks/run_all.py --render-only            # every marked block (RENDERED) from the summaries
     python benchmarks/run_all.py --gpu_json outputs/gpu/gpu_throughput.json   # a GPU run into summary_gpu.json
 
 Each job runs one existing script in a subprocess with fixed arguments (`JOBS`); the script writes its JSON as
@@ -13,8 +13,10 @@ before, with the two sides of every ratio timed interleaved in one process (memo
 script records around each job the load average before and after, then turns every JSON into summary rows: the
 ratio, the medians behind it, its target and whether it holds, the command, the commit, the versions and the
 machine. The summary of full mode is `benchmarks/results/summary_<env>.json` and feeds every marked block of
-README.md and benchmarks/README.md (make_table.py); smoke mode writes everything into `--output` (a temporary folder
-by default) and renders copies of the two READMEs there, asserting no timing.
+README.md, benchmarks/README.md, docs/scale_out.md and docs/hybrids.md (`RENDERED`, by make_table.py; the block of
+docs/hybrids.md comes from the committed JSON of an experiment this script does not run, `make_table.STANDALONE`);
+smoke mode writes everything into `--output` (a temporary folder by default) and renders copies of those files
+there, asserting no timing.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-READMES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
+# The files whose `<!-- bench:NAME -->` blocks are rendered.
+RENDERED = tuple(ROOT / path for path in ("README.md", "benchmarks/README.md", "docs/scale_out.md", "docs/hybrids.md"))
 CONSTRAINTS = ROOT / "requirements" / "constraints.txt"
 # Summary format; bump when a field changes meaning.
 FORMAT = 1
@@ -535,15 +538,17 @@ def print_plan(mode: str) -> None:
 
 
 def render(summaries_dir: Path, into: Path | None = None) -> list[Path]:
-    """Rewrite the marked blocks of both READMEs from every summary in `summaries_dir` (into copies in `into`)."""
+    """Rewrite the marked blocks of every `RENDERED` file from every summary in `summaries_dir` and the committed
+    JSONs of `make_table.STANDALONE` (into copies in `into`)."""
     summaries = make_table.load_summaries(summaries_dir, smoke=into is not None)
     if not summaries:
         print(f"[run_all] no summary in {summaries_dir}: nothing rendered")
         return []
+    standalone = make_table.load_standalone(RESULTS)
     written = []
-    for path in READMES:
+    for path in RENDERED:
         target = into / f"{path.parent.name}_{path.name}" if into else path
-        written.append(make_table.render_file(path, summaries, target))
+        written.append(make_table.render_file(path, summaries, target, standalone))
     print(f"[run_all] rendered {', '.join(relative(p) for p in written)}")
     return written
 
@@ -598,8 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", nargs="+", choices=[j.name for j in JOBS], help="run only these jobs")
     parser.add_argument("--plan", action="store_true", help="print the jobs and their estimates, run nothing")
-    parser.add_argument("--render-only", action="store_true", help="only rewrite the READMEs from the summaries")
-    parser.add_argument("--no-render", action="store_true", help="do not rewrite the READMEs")
+    parser.add_argument("--render-only", action="store_true", help="only rewrite the marked blocks from the summaries")
+    parser.add_argument("--no-render", action="store_true", help="do not rewrite the marked blocks")
     parser.add_argument("--gpu_json", type=Path, help="turn gpu_throughput.py's JSON into summary_gpu.json")
     args = parser.parse_args(argv)
 

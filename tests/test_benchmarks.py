@@ -54,6 +54,42 @@ def scan_row(shape_name: str, fwd: tuple, fb: tuple, difference: float) -> dict:
     return {"shape_name": shape_name, "shape": [1, 1536, 16, 2048, "softplus"], "time": times, "memory": {}}
 
 
+# distributed_step.py's JSON (no target: its rows only fill tables).
+DISTRIBUTED_STEP = {
+    "model_type": "mamba2",
+    "processes": 2,
+    "steps": 20,
+    "rows": [
+        {"mode": "ddp", "median_step_s": 0.0950181, "per_launch_s": [0.094, 0.096], "ratio_vs_ddp": 1.0},
+        {"mode": "fsdp2", "median_step_s": 0.1741854, "per_launch_s": [0.179, 0.169], "ratio_vs_ddp": 1.8331803},
+        {"mode": "zero3", "median_step_s": 0.2008924, "per_launch_s": [0.199, 0.201], "ratio_vs_ddp": 2.1142536},
+    ],
+}
+# hybrid_attention_policy.py's JSON, which `make bench` does not rerun (rendered into docs/hybrids.md as committed).
+HYBRID = {
+    "command": "python benchmarks/hybrid_attention_policy.py --output_dir outputs/hybrid-x",
+    "environment": {"cpu_count": 2, "versions": {"torch": "2.13.0+cpu", "transformers": "5.25.0"}},
+    "rows": [
+        {"model": model, "policy": policy, "near": near, "far": far, "far_near": far / near}
+        for model, policy, near, far in (
+            ("base", "window", 6.7396, 11.5199),
+            ("base", "none", 7.1055, 12.1579),
+            ("sp", "window", 6.8286, 5.6169),
+            ("sp", "none", 6.9521, 5.6571),
+            ("tbtt", "window", 7.4446, 5.8111),
+            ("tbtt", "none", 7.6595, 5.7921),
+        )
+    ],
+    "timings": {
+        "pretrain_s": 246.9,
+        "sp-window_s": 46.5,
+        "sp-none_s": 38.0,
+        "tbtt-window_s": 37.4,
+        "tbtt-none_s": 73.8,
+    },
+}
+
+
 def fake_summary(env: str, scale: float = 1.0) -> dict:
     """A summary as run_all writes it, from hand-made results; `scale` multiplies hf_longssm's forward times."""
     results = {
@@ -100,6 +136,7 @@ def fake_summary(env: str, scale: float = 1.0) -> dict:
                 scan_row("small", (0.1, 0.3), (0.5, 1.2), 2e-6),
             ],
         },
+        "distributed_step": DISTRIBUTED_STEP,
     }
     jobs = {
         name: {"benchmark": name, "command": f"python benchmarks/{name}.py", "result": result,
@@ -217,17 +254,115 @@ def test_markers():
     blocks = {"targets": "new"}
     with pytest.raises(ValueError, match="unknown benchmark blocks \\['tragets'\\]"):
         make_table.render_text("<!-- bench:tragets -->\nx\n<!-- /bench:tragets -->\n", blocks)
+    all_blocks = make_table.blocks([fake_summary("pinned")], {"hybrid_attention_policy": HYBRID})
+    with pytest.raises(ValueError, match="unknown benchmark blocks \\['hybrid_attention'\\]"):
+        make_table.render_text("<!-- bench:hybrid_attention -->\nx\n<!-- /bench:hybrid_attention -->\n", all_blocks)
     text = "a\n<!-- bench:targets -->\nx\n<!-- /bench:targets -->\nb\n"
     assert make_table.render_text(text, {}) == text  # no summary yet: left as it is
     assert make_table.render_text(text, blocks) == "a\n<!-- bench:targets -->\nnew\n<!-- /bench:targets -->\nb\n"
-    # Every block of the published READMEs has a renderer, and rendering touches nothing outside the blocks.
+    # Every block of the published files has a renderer, and rendering touches nothing outside the blocks.
     rendered = make_table.blocks([fake_summary("pinned")])
-    for path in run_all.READMES:
+    assert {path.relative_to(ROOT).as_posix() for path in run_all.RENDERED} == {
+        "README.md",
+        "benchmarks/README.md",
+        "docs/scale_out.md",
+        "docs/hybrids.md",
+    }
+    for path in run_all.RENDERED:
         text = path.read_text()
         names = {m["name"] for m in make_table.MARKER.finditer(text)}
         assert names and names <= set(rendered), path
         out = make_table.render_text(text, rendered)
         assert make_table.MARKER.sub("", out) == make_table.MARKER.sub("", text)
+    docs = {path.name: path.read_text() for path in run_all.RENDERED if path.parent.name == "docs"}
+    assert "<!-- bench:scale_out_distributed_step -->" in docs["scale_out.md"]
+    assert "<!-- bench:hybrid_attention_policy -->" in docs["hybrids.md"]
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """The cells of every markdown table row in `markdown`, headers and separators left out."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in markdown.splitlines()]
+    rows = [r for r, line in zip(rows, markdown.splitlines()) if line.startswith("|") and set(r[0]) != {"-"}]
+    return [r for r in rows if r[0] not in ("mode", "model")]
+
+
+def distributed_step_cells(result: dict) -> list[list[str]]:
+    labels = {"ddp": "DDP", "fsdp2": "FSDP2", "zero3": "ZeRO-3"}
+    return [
+        [labels[row["mode"]], f"{row['median_step_s'] * 1e3:.1f}", make_table.fmt_ratio(row["ratio_vs_ddp"])]
+        for row in result["rows"]
+    ]
+
+
+def hybrid_cells(result: dict) -> list[list[str]]:
+    lowest = min(row["far"] for row in result["rows"])
+    names = {"base": "base", "sp": "state passing", "tbtt": "TBTT"}
+    cells = []
+    for row in result["rows"]:
+        far = f"{row['far']:.2f}"
+        cells.append(
+            [names[row["model"]], row["policy"], f"{row['near']:.2f}", f"**{far}**" if row["far"] == lowest else far,
+             f"{row['far_near']:.3f}"]
+        )  # fmt: skip
+    cells[0][0] = "base (zero state, T = 32)"
+    return cells
+
+
+def test_scale_out_and_hybrid_blocks_render_the_json():
+    blocks = make_table.blocks([fake_summary("pinned")], {"hybrid_attention_policy": HYBRID})
+    # docs/scale_out.md: the distributed_step JSON of the summary, the table of benchmarks/README.md's block.
+    scale_out = blocks["scale_out_distributed_step"]
+    assert table_rows(scale_out) == distributed_step_cells(DISTRIBUTED_STEP) == table_rows(blocks["distributed_step"])
+    assert table_rows(scale_out)[1:] == [["FSDP2", "174.2", "1.833"], ["ZeRO-3", "200.9", "2.11"]]
+    assert "`python benchmarks/distributed_step.py`" in scale_out
+    assert "median over 2 alternating launches of 20 steps" in scale_out
+    # docs/hybrids.md: every perplexity of the JSON, the command that regenerates it, make bench not rerunning it.
+    hybrid = blocks["hybrid_attention_policy"]
+    assert table_rows(hybrid) == hybrid_cells(HYBRID)
+    assert table_rows(hybrid)[2] == ["state passing", "window", "6.83", "**5.62**", "0.823"]
+    assert hybrid.startswith(
+        "Regenerated by `python benchmarks/hybrid_attention_policy.py --output_dir outputs/hybrid-x` (`make bench` "
+        "does not rerun it), its `outputs/hybrid-x/results.json` copied to "
+        "`benchmarks/results/hybrid_attention_policy_cpu.json`"
+    )
+    assert "torch 2.13.0+cpu, transformers 5.25.0 on 2 CPU cores" in hybrid
+    assert hybrid.endswith(
+        "Training times: pretraining 247 s; post-training (window / none): state passing 46 / 38 s, TBTT 37 / 74 s; "
+        "7.4 minutes of training in all."  # 442.6 s
+    )
+    missing = make_table.blocks([fake_summary("pinned")], {})["hybrid_attention_policy"]
+    assert missing.startswith("Not measured yet: `python benchmarks/hybrid_attention_policy.py`")
+    # Without a distributed_step job the block says so, as benchmarks/README.md's does.
+    summary = fake_summary("pinned")
+    del summary["jobs"]["distributed_step"]
+    assert make_table.blocks([summary])["scale_out_distributed_step"] == "Not measured yet: run `make bench`."
+
+
+def test_published_docs_render_the_committed_json():
+    """docs/scale_out.md and docs/hybrids.md rendered from the committed summaries and JSONs show their values."""
+    summaries = make_table.load_summaries(make_table.RESULTS)
+    standalone = make_table.load_standalone(make_table.RESULTS)
+    if not summaries or "hybrid_attention_policy" not in standalone:
+        pytest.skip("no committed results")
+    rendered = make_table.blocks(summaries, standalone)
+    job = next(
+        (
+            job
+            for job in summaries[0]["jobs"].values()
+            if job.get("benchmark") == "distributed_step" and job.get("result")
+        ),
+        None,
+    )
+    for path in run_all.RENDERED:
+        if path.parent.name != "docs":
+            continue
+        out = make_table.render_text(path.read_text(), rendered)
+        body = {m["name"]: m["body"] for m in make_table.MARKER.finditer(out)}
+        if "hybrid_attention_policy" in body:
+            assert table_rows(body["hybrid_attention_policy"]) == hybrid_cells(standalone["hybrid_attention_policy"])
+        if "scale_out_distributed_step" in body and job is not None:
+            first = body["scale_out_distributed_step"].split("<details>")[0]  # the first environment's table
+            assert table_rows(first) == distributed_step_cells(job["result"])
 
 
 def test_holds():
