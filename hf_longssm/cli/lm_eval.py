@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> Path:
     tasks = list(args.tasks or harness.OFFLINE_TASKS)
     babilong_tasks = [task for task in tasks if task in harness.babilong_tasks()]
     tasks = [task for task in tasks if task not in babilong_tasks]
+    given = [f"--{name}" for name in ("babilong_path", "babilong_lengths") if f"--{name}" in " ".join(argv)]
+    if given and not babilong_tasks:  # they would be ignored: a typo in --tasks, most likely
+        raise SystemExit(f"{' / '.join(given)} apply to lm-eval's babilong tasks, and --tasks names none of them.")
     # Before any model loads: the copy of lm-eval's BABILong dataset, its lengths, and what each can run.
     babilong_folder, babilong_lengths = _babilong_runs(babilong_tasks, args)
     for task in tasks:

@@ -129,4 +129,6 @@ def test_lm_evals_babilong_refused_by_name_without_a_copy_or_at_a_length_it_lack
         main(argv + ["babilong_qa1", "babilong_qa11", "--babilong_path", str(folder), "--babilong_lengths", "1k"])
     with pytest.raises(SystemExit, match="babilong cannot run at 0k: its tasks babilong_qa2, babilong_qa3"):
         main(argv + ["babilong", "--babilong_path", str(folder)])  # lm-eval's default length, 0k
+    with pytest.raises(SystemExit, match="--babilong_path apply to lm-eval's babilong tasks, and --tasks names none"):
+        main(argv + ["longssm_passkey", "--babilong_path", str(folder)])  # ignored otherwise: a typo in --tasks?
     assert not out.exists()
