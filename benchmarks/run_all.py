@@ -79,15 +79,16 @@ JOBS = (
         110,
     ),
     # The speed targets' rows: the three families at 10m and 2048. Mamba-1 / FalconMamba forward only (their plain
-    # fwd+bwd at 2048 takes minutes): ~3.5 s per forward, 8 timed + 2 memory runs ~ 37 s each; Mamba-2 fwd 2.6 s and
-    # fwd+bwd 3.8 s per path: 4 rounds ~ 51 s + memory 13 s; + 6 memory starts + one start: ~180 s.
+    # fwd+bwd at 2048 takes minutes): (1.2 + 2.9) s per round pair, 1 + 10 timed + 2 memory runs ~ 50 s each; Mamba-2
+    # fwd 2.2 s and fwd+bwd 4 s per path: 11 runs each ~ 135 s + memory 13 s; + starts: ~260 s. Five A B B A rounds:
+    # with three, two runs of this Mamba-2 ratio read 0.94 and 1.01 on the same code.
     Job(
         "forward_backward_cpu_10m",
         "forward_backward",
-        "--model_types mamba falcon_mamba mamba2 --sizes 10m --lengths 2048 --repeats 3 --max_seconds 30 "
+        "--model_types mamba falcon_mamba mamba2 --sizes 10m --lengths 2048 --repeats 5 --max_seconds 30 "
         "--plain_mamba1_backward_max_length 512",
         None,
-        180,
+        260,
     ),
     # The hybrid families (Gated DeltaNet: Qwen3.5; LFM2) against their transformers forward, 10m at 2048: Qwen3.5
     # (1 + 1 + 3 + 3 s) x 4 rounds ~ 32 s, LFM2 ~ 12 s, + memory ~ 11 s + 4 memory starts + one start: ~85 s.
@@ -116,11 +117,12 @@ JOBS = (
         "--model_type mamba2 --size tiny --lengths 512 --segment_length 256 --repeats 1 --no_memory",
         65,
     ),
-    # 6 rounds of (1.2 + 0.9) s + the agreement check + lm-eval's imports.
+    # 20 A B B A rounds of ~0.1 s per side (single runs vary by +-25% at this size: five rounds read 0.84 and 1.06 on
+    # the same code) + the agreement check + lm-eval's imports.
     Job(
         "lm_eval_rolling_cpu",
         "lm_eval_rolling",
-        "--model_type mamba2 --size tiny --length 8192 --repeats 5",
+        "--model_type mamba2 --size tiny --length 8192 --repeats 20",
         "--model_type mamba2 --size tiny --length 512 --segment_length 256 --repeats 1",
         25,
         requires=("lm_eval",),
