@@ -77,8 +77,25 @@ def env_key(summary: dict) -> tuple:
 def load_summaries(results_dir: str | Path = RESULTS, smoke: bool = False) -> list[dict]:
     """Every `summary_<env>.json` in `results_dir`, pinned first; a smoke run's only with `smoke` (its figures are
     never published)."""
-    summaries = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("summary_*.json"))]
+    summaries = []
+    for path in sorted(Path(results_dir).glob("summary_*.json")):
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"{path} is not JSON ({error}): rerun the benchmark that wrote it.") from None
+        missing = [key for key in ("env", "rows", "git", "versions") if key not in summary]
+        if missing:
+            raise SystemExit(f"{path} lacks {missing}: not a summary run_all.py wrote; rerun it or remove the file.")
+        summaries.append(summary)
     return sorted([s for s in summaries if smoke or s.get("mode") != "smoke"], key=env_key)
+
+
+def measured_at(summary: dict) -> str:
+    """The commit(s) a summary's rows were measured at (several after a partial rerun), marked when modified."""
+    git = summary.get("git", {})
+    commits = summary.get("commits") or [git.get("commit") or "unknown"]
+    text = ", ".join(f"`{(c or 'unknown')[:10]}`" for c in commits)
+    return text + (" (modified)" if git.get("dirty") else "")
 
 
 def env_label(summary: dict) -> str:
@@ -415,7 +432,7 @@ def blocks(summaries: list[dict], standalone: dict[str, dict] | None = None) -> 
         # README.md: the targets alone, with where they come from.
         "readme_targets": targets_table(summaries)
         + "\n\nMeasured at commit "
-        + ", ".join(f"`{(s.get('git', {}).get('commit') or 'unknown')[:10]}` ({s['env']})" for s in summaries)
+        + "; ".join(f"{measured_at(s)} ({s['env']})" for s in summaries)
         + "; the medians, the commands and the machine: benchmarks/README.md.",
         "skipped": "\n".join(skipped_lines(summaries)) or "Nothing was skipped.",
     }

@@ -559,6 +559,8 @@ def gpu_summary(gpu_json: Path) -> dict:
     """gpu_throughput.py's JSON as a summary (env "gpu"), the device named in every row."""
     result = json.loads(gpu_json.read_text())
     environment = result.get("environment", {})
+    if not (result.get("device") or environment.get("cuda")):
+        raise SystemExit(f"{gpu_json} names no GPU (no 'device'): give the JSON benchmarks/gpu_throughput.py wrote.")
     summary = {
         "format": FORMAT,
         "env": "gpu",
@@ -609,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-render", action="store_true", help="do not rewrite the marked blocks")
     parser.add_argument("--gpu_json", type=Path, help="turn gpu_throughput.py's JSON into summary_gpu.json")
     args = parser.parse_args(argv)
+    if args.output:  # the jobs run from the repository root: a relative --output means the caller's folder
+        args.output = str(Path(args.output).resolve()) + ("/" if args.output.endswith("/") else "")
 
     if args.plan:
         print_plan(args.mode)

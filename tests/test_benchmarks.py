@@ -417,3 +417,19 @@ def test_smoke_runs_are_never_published_and_reruns_show_every_commit(tmp_path):
     assert by_name(summary, "trainer_step")["mamba2 tiny state_init=zero step"]["git_commit"] == "bbbbbbbbbbbb"
     runs = table_cells(make_table.runs_table([summary]), "pinned (full)")
     assert runs["`aaaaaaaaaa`, `bbbbbbbbbb`"][4:] == ["0.50 → 0.90", "2.0 min"]
+    # The README's "measured at" line names every commit too, and a modified tree.
+    summary["git"]["dirty"] = True
+    assert "`aaaaaaaaaa`, `bbbbbbbbbb` (modified) (pinned)" in make_table.blocks([summary])["readme_targets"]
+
+
+def test_malformed_summaries_and_gpu_jsons_are_refused(tmp_path):
+    (tmp_path / "summary_pinned.json").write_text('{"env": "pinned"}')
+    with pytest.raises(SystemExit, match="lacks .*not a summary run_all.py wrote"):
+        make_table.load_summaries(tmp_path)
+    (tmp_path / "summary_pinned.json").write_text("{")
+    with pytest.raises(SystemExit, match="is not JSON"):
+        make_table.load_summaries(tmp_path)
+    cpu_json = tmp_path / "trainer_step_cpu.json"
+    cpu_json.write_text('{"command": "python benchmarks/trainer_step.py", "environment": {"cuda": null}}')
+    with pytest.raises(SystemExit, match="names no GPU"):
+        run_all.gpu_summary(cpu_json)
