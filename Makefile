@@ -19,7 +19,7 @@ test: install
 lint:
 	ruff check . && ruff format --check .
 
-# Every CPU benchmark (~15 min on 2 idle cores; `python benchmarks/run_all.py --plan`), one summary JSON
+# Every CPU benchmark (12.5-14 min measured on 2 cores; `python benchmarks/run_all.py --plan`), one summary JSON
 # (benchmarks/results/summary_pinned.json) and the figures in README.md, benchmarks/README.md, docs/scale_out.md
 # and docs/hybrids.md rendered from it.
 # mambapy is what the scan benchmark compares with, installed without its dependencies (torch, already here).

@@ -65,8 +65,9 @@ class Job:
     requires: tuple[str, ...] = ()
 
 
-# Full mode adds up to about 15 minutes on 2 idle cores (`--plan` sums it): each Python process costs ~5.5 s of
-# imports, and each forward_backward / position_perplexity row runs two memory processes besides the timing.
+# Full mode adds up to about 17 minutes on 2 idle cores (`--plan` sums it; measured: 12.5-14): each Python process
+# costs ~5.5 s of imports, and each forward_backward / position_perplexity row runs two memory processes besides the
+# timing.
 JOBS = (
     # Mamba-1, FalconMamba, Mamba-2 at tiny size. Timing: (1 warm-up + 3) rounds of both paths; fwd+bwd of Mamba-1 at
     # 8192 not run (transformers' loop is quadratic). Rows 512: ~2.5 s each, 8192: 5-12 s, + 6 x 2 memory processes
